@@ -1,0 +1,1 @@
+"""Backends: one module per store, all behind the contract in :mod:`membound.backends.base`."""
