@@ -166,8 +166,11 @@ class BatchSizer:
     """
 
     def __init__(self, budget: Budget, *, share: float = 1.0) -> None:
-        from membound.memory import rss_bytes
+        from membound.memory import rss_bytes, warm_up
 
+        # The baseline is taken after one-time costs (pyarrow imports pandas and numpy on its
+        # first conversion, ~50 MB) so that they are not charged to the first batch.
+        warm_up()
         self.budget = budget
         self.target_bytes = max(MIN_BATCH_BYTES, int(budget.batch_bytes * share))
         self.bytes_per_row: float | None = None

@@ -1,0 +1,774 @@
+"""SQLite through the standard library's ``sqlite3``: byte-sized reads, short-transaction writes.
+
+Reading never calls ``fetchall``: rows are stepped one at a time and cut into batches by their
+*measured* size. SQLite itself reports each row's width (a ``length()`` sum computed in C next
+to the row), so a run of 100-byte rows makes batches of tens of thousands of rows and a run of
+20 MB values makes batches of one row.
+
+Values larger than :data:`LARGE_VALUE_SHARE` of the budget are fetched separately when reading a
+rowid table: the query returns NULL in their place and the value is then read through SQLite's
+incremental blob I/O, in :data:`BLOB_CHUNK` pieces, straight into an Arrow buffer, so the
+process never holds SQLite's copy, a Python copy and an Arrow copy of it at once. Writing
+streams large BLOB values the same way (``zeroblob`` placeholder, then chunked blob writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
+from membound.batching import PY_ROW_OVERHEAD, PY_VALUE_OVERHEAD, batch_nbytes, infer_type
+from membound.budget import BatchSizer, Budget
+from membound.errors import (
+    ConfigurationError,
+    NotFoundError,
+    PartialWriteError,
+    QueryError,
+    SchemaError,
+    SourceError,
+    TargetError,
+    TargetExistsError,
+)
+from membound.memory import gc_paused
+
+__all__ = ["SQLiteBackend", "arrow_type_to_sqlite", "quote_identifier"]
+
+# A value above this share of the budget is read/written through incremental blob I/O instead of
+# as one Python object: SQLite, Python and Arrow would otherwise each hold a copy at once.
+LARGE_VALUE_SHARE = 1 / 16
+# Lower bound for the large-value threshold: below this, blob I/O costs more than it saves.
+MIN_LARGE_VALUE = 256 * 1024
+# Piece size for incremental blob I/O: big enough to amortise the call, small against any budget.
+BLOB_CHUNK = 1024 * 1024
+# Prefix of tables built aside by "replace" and "fail" writes before the atomic rename.
+TEMP_PREFIX = "_membound_tmp_"
+
+_WIDTH_COLUMN = "__membound_width"
+_BIG_COLUMN = "__membound_big"
+_DECIMAL_RE = re.compile(r"^DECIMAL TEXT\((\d+),\s*(\d+)\)$", re.IGNORECASE)
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a table or column name for SQLite."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def arrow_type_to_sqlite(arrow_type: pa.DataType) -> str:
+    """The declared SQLite type that keeps an Arrow type readable back as the same type."""
+    if pa.types.is_boolean(arrow_type):
+        return "BOOLEAN"
+    if pa.types.is_integer(arrow_type):
+        return "INTEGER"
+    if pa.types.is_floating(arrow_type):
+        return "REAL"
+    if pa.types.is_decimal(arrow_type):
+        # TEXT affinity keeps every digit; NUMERIC affinity would round through a double.
+        return f"DECIMAL TEXT({arrow_type.precision}, {arrow_type.scale})"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "TEXT"
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return "BLOB"
+    if pa.types.is_fixed_size_binary(arrow_type):
+        return "BLOB"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ" if arrow_type.tz else "TIMESTAMP"
+    if pa.types.is_date(arrow_type):
+        return "DATE"
+    if pa.types.is_time(arrow_type):
+        return "TIME"
+    if pa.types.is_null(arrow_type):
+        return "TEXT"
+    if pa.types.is_list(arrow_type) or pa.types.is_struct(arrow_type) or pa.types.is_map(
+        arrow_type
+    ):
+        return "JSON"
+    if pa.types.is_dictionary(arrow_type):
+        return arrow_type_to_sqlite(arrow_type.value_type)
+    raise SchemaError(f"Arrow type {arrow_type} has no SQLite equivalent; cast it first")
+
+
+def _declared_to_arrow(declared: str) -> pa.DataType | None:
+    """Arrow type for a declared SQLite column type, or None to infer it from the values."""
+    decl = declared.upper().strip()
+    match = _DECIMAL_RE.match(decl)
+    if match:
+        return pa.decimal128(int(match.group(1)), int(match.group(2)))
+    if decl in ("BOOLEAN", "BOOL"):
+        return pa.bool_()
+    if decl == "TIMESTAMPTZ":
+        return pa.timestamp("us", tz="UTC")
+    if decl == "TIMESTAMP":
+        return pa.timestamp("us")
+    if decl == "DATE":
+        return pa.date32()
+    # SQLite's own affinity rules, in its order (https://sqlite.org/datatype3.html 3.1).
+    if "INT" in decl:
+        return pa.int64()
+    if any(word in decl for word in ("CHAR", "CLOB", "TEXT")) or decl == "JSON":
+        return pa.string()
+    if decl == "BLOB":
+        return pa.binary()
+    if any(word in decl for word in ("REAL", "FLOA", "DOUB")):
+        return pa.float64()
+    return None
+
+
+def _is_temporal_or_exact(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_timestamp(arrow_type)
+        or pa.types.is_date(arrow_type)
+        or pa.types.is_decimal(arrow_type)
+    )
+
+
+class SQLiteBackend(Backend):
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, or a path ending in .db/.sqlite.
+
+    Reads stream in byte-sized batches; writes run one short transaction per batch. Opening
+    for reading never creates a file: a missing database is a :class:`NotFoundError`.
+    """
+
+    name = "sqlite"
+
+    def __init__(self, url, *, budget: Budget | None = None) -> None:
+        super().__init__(url, budget=budget)
+        self.path = url.path or ":memory:"
+        self._conn: sqlite3.Connection | None = None
+        self._writable = False
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self, *, write: bool) -> sqlite3.Connection:
+        if self._conn is not None and (self._writable or not write):
+            return self._conn
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        memory = self.path == ":memory:"
+        if not write and not memory and not os.path.exists(self.path):
+            raise NotFoundError(
+                f"SQLite database {self.path!r} does not exist; check the path (relative paths "
+                "are resolved from the current directory: sqlite:///rel.db, sqlite:////abs.db)"
+            )
+        if write and not memory:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(parent):
+                raise TargetError(
+                    f"cannot create SQLite database {self.path!r}: directory {parent!r} "
+                    "does not exist"
+                )
+        try:
+            if memory:
+                conn = sqlite3.connect(":memory:", isolation_level=None)
+            else:
+                mode = "rwc" if write else "ro"
+                uri = "file:" + _uri_path(self.path) + f"?mode={mode}"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise SourceError(
+                f"{self.path!r} cannot be opened as a SQLite database ({exc}); is it one?"
+            ) from None
+        self._conn = conn
+        self._writable = write
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        super().close()
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def tables(self) -> list[str]:
+        conn = self._connect(write=False)
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    def _table_info(self, table: str) -> list[tuple[str, str]]:
+        conn = self._connect(write=False)
+        info = conn.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()
+        if not info:
+            tables = ", ".join(self.tables()) or "none"
+            raise NotFoundError(
+                f"no table {table!r} in SQLite database {self.path!r} (tables: {tables})"
+            )
+        return [(row[1], row[2] or "") for row in info]
+
+    def _has_rowid(self, table: str) -> bool:
+        conn = self._connect(write=False)
+        try:
+            conn.execute(f"SELECT rowid FROM {quote_identifier(table)} LIMIT 0")
+        except sqlite3.OperationalError:
+            return False
+        return bool(
+            conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+        )
+
+    def _resolve(self, query_or_table: str | None) -> str:
+        target = query_or_table or self.default_table
+        if target:
+            return target
+        tables = self.tables()
+        if len(tables) == 1:
+            return tables[0]
+        raise ConfigurationError(
+            f"name a table (--table / ?table=) or a query (--query) to read from {self.path!r}; "
+            f"its tables: {', '.join(tables) or 'none'}"
+        )
+
+    def schema(self, query_or_table: str | None = None) -> pa.Schema:
+        target = self._resolve(query_or_table)
+        if is_query(target):
+            batches = self.batches(target)
+            try:
+                first = next(batches, None)
+            finally:
+                batches.close()
+            if first is None:
+                names = self._query_columns(target, None)
+                return pa.schema([(name, pa.string()) for name in names])
+            return first.schema
+        return pa.schema(
+            [(name, _declared_to_arrow(decl) or pa.string()) for name, decl in
+             self._table_info(target)]
+        )
+
+    def estimate_rows(self, query_or_table: str | None = None) -> int | None:
+        target = self._resolve(query_or_table)
+        if is_query(target):
+            return None
+        conn = self._connect(write=False)
+        self._table_info(target)
+        # max(rowid) is an index lookup; count(*) would scan the whole table.
+        with contextlib.suppress(sqlite3.OperationalError):
+            (rows,) = conn.execute(
+                f"SELECT max(rowid) FROM {quote_identifier(target)}"
+            ).fetchone()
+            return int(rows or 0)
+        return None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _query_columns(self, query: str, params: Any) -> list[str]:
+        conn = self._connect(write=False)
+        try:
+            cur = conn.execute(f"SELECT * FROM ({_strip_sql(query)}) LIMIT 0", params or ())
+        except sqlite3.Error as exc:
+            raise QueryError(f"SQLite rejected the query: {exc}") from None
+        names = [d[0] for d in cur.description]
+        cur.close()
+        return names
+
+    def batches(
+        self,
+        query_or_table: str | None = None,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        budget: Budget | int | str | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a table or query as Arrow batches sized in bytes from the budget.
+
+        A query's column types come from its first rows (SQLite has no result types); a later
+        value of another type raises :class:`SchemaError` naming the column. Raises
+        :class:`NotFoundError` for a missing database or table, :class:`QueryError` for SQL
+        SQLite rejects.
+        """
+        budget = self._budget(budget)
+        target = self._resolve(query_or_table)
+        if is_query(target):
+            return self._query_batches(target, params, budget)
+        if params:
+            raise ConfigurationError("params are for queries; a table read takes none")
+        return self._table_batches(target, budget)
+
+    def _table_batches(self, table: str, budget: Budget) -> Iterator[pa.RecordBatch]:
+        info = self._table_info(table)
+        names = [name for name, _ in info]
+        declared = {name: _declared_to_arrow(decl) for name, decl in info}
+        # Typeless columns: look at their first non-null value now (cheap: stops at the first
+        # hit), so a column that starts with NULLs still gets its real type.
+        conn = self._connect(write=False)
+        qtable = quote_identifier(table)
+        for name, arrow_type in declared.items():
+            if arrow_type is None:
+                row = conn.execute(
+                    f"SELECT {quote_identifier(name)} FROM {qtable} "
+                    f"WHERE {quote_identifier(name)} IS NOT NULL LIMIT 1"
+                ).fetchone()
+                declared[name] = infer_type([row[0]]) if row else pa.string()
+        schema = pa.schema([(name, declared[name]) for name in names])
+        limit = max(MIN_LARGE_VALUE, int(budget.max_memory * LARGE_VALUE_SHARE))
+        guarded = [
+            i for i, field in enumerate(schema)
+            if (pa.types.is_string(field.type) or pa.types.is_binary(field.type))
+        ] if self._has_rowid(table) else []
+        select = []
+        for i, name in enumerate(names):
+            q = quote_identifier(name)
+            if i in guarded:
+                select.append(f"CASE WHEN length({q}) > {limit} THEN NULL ELSE {q} END")
+            else:
+                select.append(q)
+        width = " + ".join(
+            f"coalesce(min(length({quote_identifier(n)}), {limit}), 0)" for n in names
+        ) or "0"
+        big = " + ".join(
+            f"(length({quote_identifier(names[i]) }) > {limit}) * {1 << k}"
+            for k, i in enumerate(guarded)
+        ) or "0"
+        rowid = "rowid, " if guarded else ""
+        sql = (
+            f"SELECT {rowid}{', '.join(select)}, {width} AS {_WIDTH_COLUMN}, "
+            f"{big} AS {_BIG_COLUMN} FROM {qtable}"
+        )
+        return self._stream(
+            sql, (), schema, budget, table=table, guarded=guarded, has_rowid=bool(guarded)
+        )
+
+    def _query_batches(self, query: str, params: Any, budget: Budget) -> Iterator[pa.RecordBatch]:
+        names = self._query_columns(query, params)
+        if len(set(names)) != len(names):
+            raise QueryError(
+                f"the query returns duplicate column names ({', '.join(names)}); give each "
+                "column a distinct name with AS"
+            )
+        limit = max(MIN_LARGE_VALUE, int(budget.max_memory * LARGE_VALUE_SHARE))
+        width = " + ".join(
+            f"coalesce(min(length({quote_identifier(n)}), {limit}), 0)" for n in names
+        ) or "0"
+        sql = (
+            f"SELECT *, {width} AS {_WIDTH_COLUMN}, 0 AS {_BIG_COLUMN} "
+            f"FROM ({_strip_sql(query)})"
+        )
+        return self._stream(sql, params or (), None, budget, names=names)
+
+    def _stream(
+        self,
+        sql: str,
+        params: Any,
+        schema: pa.Schema | None,
+        budget: Budget,
+        *,
+        table: str | None = None,
+        guarded: Sequence[int] = (),
+        has_rowid: bool = False,
+        names: Sequence[str] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        conn = self._connect(write=False)
+        sizer = budget.sizer()
+        try:
+            cursor = conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise QueryError(f"SQLite rejected the query: {exc}") from None
+        first = 1 if has_rowid else 0
+        ncols = len(cursor.description) - first - 2
+        per_row = PY_ROW_OVERHEAD + PY_VALUE_OVERHEAD * ncols
+        # The last two columns of each row: its measured width, and a bitmask of the guarded
+        # columns whose value was too large to fetch inline.
+        rows: list[tuple] = []
+        held = 0
+        try:
+            with gc_paused():
+                target = sizer.target_bytes
+                for row in cursor:
+                    held += row[-2] + per_row
+                    if row[-1]:
+                        if rows:
+                            schema = schema or _infer_schema(names, rows, first)
+                            yield self._emit(rows, schema, first, sizer, held)
+                            rows, held = [], 0
+                        schema = schema or _infer_schema(names, [row], first)
+                        yield self._large_row(row, schema, table, guarded, sizer)
+                        target = sizer.target_bytes
+                        held = 0
+                        continue
+                    rows.append(row)
+                    if held >= target:
+                        schema = schema or _infer_schema(names, rows, first)
+                        yield self._emit(rows, schema, first, sizer, held)
+                        rows, held = [], 0
+                        target = sizer.target_bytes
+                if rows:
+                    schema = schema or _infer_schema(names, rows, first)
+                    yield self._emit(rows, schema, first, sizer, held)
+        except sqlite3.Error as exc:
+            raise SourceError(f"reading from SQLite {self.path!r} failed: {exc}") from None
+        finally:
+            cursor.close()
+
+    def _emit(
+        self, rows: list[tuple], schema: pa.Schema, first: int, sizer: BatchSizer, held: int
+    ) -> pa.RecordBatch:
+        columns = list(zip(*rows, strict=True))[first:-2]
+        rows.clear()
+        arrays = [_to_array(values, field) for values, field in zip(columns, schema, strict=True)]
+        del columns
+        batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+        sizer.observe(batch.num_rows, held)
+        sizer.check_memory("reading from SQLite")
+        return batch
+
+    def _large_row(
+        self,
+        row: tuple,
+        schema: pa.Schema,
+        table: str | None,
+        guarded: Sequence[int],
+        sizer: BatchSizer,
+    ) -> pa.RecordBatch:
+        """A one-row batch whose large values are read by incremental blob I/O."""
+        conn = self._connect(write=False)
+        rowid, values, mask = row[0], row[1:-2], row[-1]
+        arrays = []
+        for i, (value, field) in enumerate(zip(values, schema, strict=True)):
+            k = guarded.index(i) if i in guarded else -1
+            if k >= 0 and mask & (1 << k):
+                arrays.append(_read_blob(conn, table, field, rowid))
+            else:
+                arrays.append(_to_array([value], field))
+        batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+        sizer.observe(1, batch_nbytes(batch))
+        sizer.check_memory("reading a large SQLite value")
+        return batch
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(
+        self,
+        table: str | None,
+        batches: Iterable[pa.RecordBatch],
+        *,
+        mode: WriteMode = "fail",
+        key: Sequence[str] | str | None = None,
+        budget: Budget | int | str | None = None,
+    ) -> WriteResult:
+        """Write batches to ``table``, one transaction per batch.
+
+        ``fail`` and ``replace`` build the table aside and rename it into place at the end, so a
+        failure leaves the database as it was. ``append`` commits batch by batch; a failure part
+        way raises :class:`PartialWriteError` saying how many rows were committed.
+        """
+        keys = check_mode(mode, key)
+        budget = self._budget(budget)
+        table = table or self.default_table
+        if not table:
+            raise ConfigurationError("name the target table (--target-table or ?table=)")
+        conn = self._connect(write=True)
+        exists = self._exists(table)
+        if mode == "fail" and exists:
+            raise TargetExistsError(
+                f"table {table!r} already exists in {self.path!r}; use mode 'replace' to "
+                "overwrite it or 'append' to add to it"
+            )
+        iterator = iter(batches)
+        first = next(iterator, None)
+        if first is None:
+            if exists:
+                return WriteResult(table=table, mode=mode)
+            raise SourceError("the source produced no batches, so there is no schema to create "
+                              f"table {table!r} from")
+        stream = _prepend(first, iterator)
+        result = WriteResult(table=table, mode=mode, created=not exists or mode == "replace")
+        if mode in ("fail", "replace"):
+            aside = f"{TEMP_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
+            conn.execute(_create_sql(aside, first.schema, None))
+            try:
+                self._insert_batches(aside, stream, result, budget, upsert_keys=None)
+                conn.execute("BEGIN IMMEDIATE")
+                if self._exists(table):
+                    if mode == "fail":
+                        raise TargetExistsError(
+                            f"table {table!r} was created in {self.path!r} by someone else "
+                            "while this write ran; nothing was changed"
+                        )
+                    conn.execute(f"DROP TABLE {quote_identifier(table)}")
+                conn.execute(
+                    f"ALTER TABLE {quote_identifier(aside)} RENAME TO {quote_identifier(table)}"
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(aside)}")
+                raise
+            return result
+        if not exists:
+            conn.execute(_create_sql(table, first.schema, keys if mode == "upsert" else None))
+        try:
+            self._insert_batches(table, stream, result, budget, upsert_keys=keys
+                                 if mode == "upsert" else None)
+        except (TargetError, SchemaError, sqlite3.Error, SourceError) as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise PartialWriteError(
+                f"{mode} to {table!r} stopped after {result.rows} committed rows: {exc}; the "
+                f"{result.rows} rows are in the table, go on after them",
+                rows_committed=result.rows,
+                resume_after=self._last_key,
+            ) from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    _last_key: tuple | None = None
+
+    def _exists(self, table: str) -> bool:
+        conn = self._connect(write=True)
+        return bool(conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (table,)
+        ).fetchone())
+
+    def _insert_batches(
+        self,
+        table: str,
+        batches: Iterable[pa.RecordBatch],
+        result: WriteResult,
+        budget: Budget,
+        *,
+        upsert_keys: tuple[str, ...] | None,
+    ) -> None:
+        conn = self._connect(write=True)
+        columns = [name for name, _ in self._table_info(table)]
+        limit = max(MIN_LARGE_VALUE, int(budget.max_memory * LARGE_VALUE_SHARE))
+        sizer = budget.sizer()
+        self._last_key = None
+        for batch in batches:
+            missing = [name for name in batch.schema.names if name not in columns]
+            if missing:
+                raise SchemaError(
+                    f"table {table!r} has no column {missing[0]!r}; its columns are "
+                    f"{', '.join(columns)}"
+                )
+            names = batch.schema.names
+            qcols = ", ".join(map(quote_identifier, names))
+            conflict = ""
+            if upsert_keys:
+                updates = ", ".join(
+                    f"{quote_identifier(n)} = excluded.{quote_identifier(n)}"
+                    for n in names if n not in upsert_keys
+                )
+                conflict = (
+                    f" ON CONFLICT ({', '.join(map(quote_identifier, upsert_keys))}) DO "
+                    + (f"UPDATE SET {updates}" if updates else "NOTHING")
+                )
+            insert = (
+                f"INSERT INTO {quote_identifier(table)} ({qcols}) VALUES "
+                f"({', '.join('?' * len(names))}){conflict}"
+            )
+            large = _large_rows(batch, limit)
+            try:
+                with gc_paused():
+                    conn.execute("BEGIN")
+                    start = 0
+                    for index in [*large, batch.num_rows]:
+                        if index > start:
+                            conn.executemany(insert, _batch_rows(batch.slice(start, index - start)))
+                        if index < batch.num_rows:
+                            _insert_large_row(conn, table, batch, index, limit, names,
+                                              conflict)
+                        start = index + 1
+                    conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                raise TargetError(f"SQLite refused a row of {table!r}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise TargetError(f"writing to SQLite table {table!r} failed: {exc}") from None
+            result.rows += batch.num_rows
+            result.batches += 1
+            result.bytes += batch_nbytes(batch)
+            if upsert_keys and batch.num_rows:
+                last = batch.slice(batch.num_rows - 1, 1).select(list(upsert_keys)).to_pylist()[0]
+                self._last_key = tuple(last.values())
+            sizer.check_memory("writing to SQLite")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _uri_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path))
+
+
+def _strip_sql(query: str) -> str:
+    return query.strip().rstrip(";").strip()
+
+
+def _prepend(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield first
+    yield from rest
+
+
+def _infer_schema(names: Sequence[str] | None, rows: list[tuple], first: int) -> pa.Schema:
+    assert names is not None
+    columns = list(zip(*rows, strict=True))[first:-2]
+    return pa.schema([(name, infer_type(values)) for name, values in zip(names, columns,
+                                                                          strict=True)])
+
+
+def _to_array(values: Sequence[Any], field: pa.Field) -> pa.Array:
+    arrow_type = field.type
+    try:
+        if pa.types.is_boolean(arrow_type):
+            return pc.not_equal(pa.array(values, type=pa.int64()), 0)
+        if _is_temporal_or_exact(arrow_type):
+            return pc.cast(pa.array(values, type=pa.string()), arrow_type)
+        return pa.array(values, type=arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        bad = next(
+            (v for v in values if v is not None and not _fits_one(v, field)), None
+        )
+        raise SchemaError(
+            f"column {field.name!r} holds {repr(bad)[:80]} ({type(bad).__name__}), which does "
+            f"not fit the column's type {arrow_type} (taken from its declared type or its first "
+            f"rows); CAST it in a query to one type, e.g. CAST({field.name} AS TEXT)"
+        ) from None
+
+
+def _fits_one(value: Any, field: pa.Field) -> bool:
+    try:
+        if pa.types.is_boolean(field.type):
+            pa.array([value], type=pa.int64())
+        elif _is_temporal_or_exact(field.type):
+            pc.cast(pa.array([value], type=pa.string()), field.type)
+        else:
+            pa.array([value], type=field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _read_blob(conn: sqlite3.Connection, table: str | None, field: pa.Field, rowid: int
+               ) -> pa.Array:
+    """Read one large value by incremental blob I/O into a single-value Arrow array."""
+    assert table is not None
+    with conn.blobopen(table, field.name, rowid, readonly=True) as blob:
+        size = len(blob)
+        data = pa.allocate_buffer(size)
+        view = memoryview(data).cast("B")
+        offset = 0
+        while offset < size:
+            chunk = blob.read(BLOB_CHUNK)
+            if not chunk:
+                break
+            view[offset:offset + len(chunk)] = chunk
+            offset += len(chunk)
+        view.release()
+    offsets = pa.array([0, size], type=pa.int32()).buffers()[1]
+    array = pa.Array.from_buffers(field.type, 1, [None, offsets, data])
+    if pa.types.is_string(field.type):
+        try:
+            array.validate(full=True)
+        except pa.ArrowInvalid:
+            raise SchemaError(
+                f"a value of text column {field.name!r} (rowid {rowid}) is not valid UTF-8; "
+                f"read it as a blob: CAST({field.name} AS BLOB)"
+            ) from None
+    return array
+
+
+def _large_rows(batch: pa.RecordBatch, limit: int) -> list[int]:
+    """Indexes of rows holding a binary value above ``limit`` bytes (streamed by blob I/O)."""
+    hits: set[int] = set()
+    for column in batch.columns:
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            lengths = pc.binary_length(column)
+            over = pc.indices_nonzero(pc.fill_null(pc.greater(lengths, limit), False))
+            hits.update(over.to_pylist())
+    return sorted(hits)
+
+
+def _insert_large_row(
+    conn: sqlite3.Connection,
+    table: str,
+    batch: pa.RecordBatch,
+    index: int,
+    limit: int,
+    names: Sequence[str],
+    conflict: str,
+) -> None:
+    """Insert one row whose large binary values go in through ``zeroblob`` and blob writes."""
+    values: list[Any] = []
+    placeholders: list[str] = []
+    streamed: list[tuple[str, pa.Array]] = []
+    for name, column in zip(names, batch.columns, strict=True):
+        cell = column.slice(index, 1)
+        is_binary = pa.types.is_binary(cell.type) or pa.types.is_large_binary(cell.type)
+        size = pc.binary_length(cell)[0].as_py() if is_binary else None
+        if size is not None and size > limit:
+            placeholders.append("zeroblob(?)")
+            values.append(size)
+            streamed.append((name, cell))
+        else:
+            placeholders.append("?")
+            values.append(next(iter(_batch_rows(pa.record_batch([cell], names=[name]))))[0])
+    cursor = conn.execute(
+        f"INSERT INTO {quote_identifier(table)} ({', '.join(map(quote_identifier, names))}) "
+        f"VALUES ({', '.join(placeholders)}){conflict}",
+        values,
+    )
+    rowid = cursor.lastrowid
+    for name, cell in streamed:
+        offsets, data = cell.buffers()[1], cell.buffers()[2]
+        start = pa.Array.from_buffers(pa.int32(), 2, [None, offsets], offset=cell.offset)
+        begin, end = start.to_pylist()
+        view = memoryview(data).cast("B")[begin:end]
+        with conn.blobopen(table, name, rowid) as blob:
+            for offset in range(0, end - begin, BLOB_CHUNK):
+                blob.write(view[offset:offset + BLOB_CHUNK])
+        view.release()
+
+
+def _batch_rows(batch: pa.RecordBatch) -> Iterator[tuple]:
+    """Rows of a batch as tuples of values sqlite3 can bind."""
+    columns = []
+    for column in batch.columns:
+        arrow_type = column.type
+        if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type) or \
+                pa.types.is_time(arrow_type) or pa.types.is_decimal(arrow_type):
+            columns.append(pc.cast(column, pa.string()).to_pylist())
+        elif pa.types.is_dictionary(arrow_type):
+            columns.append(column.dictionary_decode().to_pylist())
+        elif pa.types.is_nested(arrow_type):
+            columns.append([None if v is None else json.dumps(v, default=str)
+                            for v in column.to_pylist()])
+        else:
+            columns.append(column.to_pylist())
+    return zip(*columns, strict=True)
+
+
+def _create_sql(table: str, schema: pa.Schema, keys: tuple[str, ...] | None) -> str:
+    columns = [
+        f"{quote_identifier(field.name)} {arrow_type_to_sqlite(field.type)}" for field in schema
+    ]
+    if keys:
+        missing = [k for k in keys if k not in schema.names]
+        if missing:
+            raise ConfigurationError(
+                f"key column {missing[0]!r} is not in the data; its columns are "
+                f"{', '.join(schema.names)}"
+            )
+        columns.append(f"PRIMARY KEY ({', '.join(map(quote_identifier, keys))})")
+    return f"CREATE TABLE {quote_identifier(table)} ({', '.join(columns)})"

@@ -1,0 +1,179 @@
+"""The ``membound`` command: a thin click layer over the public API."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+
+from membound.budget import DEFAULT_MAX_MEMORY, Budget, format_size
+from membound.errors import MemboundError
+from membound.report import RunReport
+
+__all__ = ["main"]
+
+_MODES = click.Choice(["fail", "append", "replace", "upsert"])
+_POLICIES = click.Choice(["adapt", "warn", "raise"])
+
+
+def _budget(max_memory: str, policy: str) -> Budget:
+    try:
+        return Budget(max_memory, policy=policy)  # type: ignore[arg-type]
+    except MemboundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int, int | None], None] | None]:
+    """A rich progress bar on stderr, fed by the pipeline's per-batch callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows  {task.fields[size]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task(label, total=None, size="")
+
+    def update(rows: int, nbytes: int, total: int | None) -> None:
+        progress.update(task, completed=rows, total=total if total and total >= rows else None,
+                        size=format_size(nbytes))
+
+    with progress:
+        yield update
+
+
+def _show(report: RunReport, report_json: str | None) -> None:
+    from rich.console import Console
+
+    Console().print(report)
+    if report_json:
+        report.to_json(report_json)
+        click.echo(f"report saved to {report_json}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="membound")
+def main() -> None:
+    """Memory-bounded database work: copy, read and write data inside a byte budget."""
+
+
+@main.command("copy")
+@click.argument("source")
+@click.argument("target")
+@click.option("--query", "-q", help="SQL to run on the source instead of reading a table.")
+@click.option("--param", "params", multiple=True, help="A query parameter (repeat, in order).")
+@click.option("--table", "-t", help="Source table; also the target table unless --target-table.")
+@click.option("--target-table", help="Target table (default: --table or the target ?table=).")
+@click.option("--max-memory", "-m", default=str(DEFAULT_MAX_MEMORY), show_default="64MB",
+              help="Memory budget above the starting point: 64MB, 64MiB, 1GB or bytes.")
+@click.option("--policy", type=_POLICIES, default="adapt", show_default=True,
+              help="Over budget: shrink batches (adapt), warn, or stop with an error (raise).")
+@click.option("--mode", type=_MODES, default="fail", show_default=True,
+              help="When the target exists: fail, append, replace (atomic) or upsert (--key).")
+@click.option("--key", "keys", multiple=True, help="Key column(s) for --mode upsert.")
+@click.option("--report-json", type=click.Path(dir_okay=False),
+              help="Also save the run report as JSON here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def copy_command(
+    source: str,
+    target: str,
+    query: str | None,
+    params: tuple[str, ...],
+    table: str | None,
+    target_table: str | None,
+    max_memory: str,
+    policy: str,
+    mode: str,
+    keys: tuple[str, ...],
+    report_json: str | None,
+    quiet: bool,
+) -> None:
+    """Copy a table or query result from SOURCE to TARGET inside a memory budget.
+
+    SOURCE and TARGET are URLs (sqlite:///app.db, sqlite:////abs/app.db,
+    postgresql://user@host/db, mysql://root@host/db) or file paths (.parquet, .csv, .jsonl,
+    .arrow; .db/.sqlite are SQLite). Name a table with --table or ?table= in the URL.
+
+    \b
+    Example:
+      membound copy sqlite:///app.db events.parquet --table events --max-memory 64MB
+    """
+    from membound.copy import copy
+
+    budget = _budget(max_memory, policy)
+    if query and table:
+        raise click.UsageError("give --query or --table for the source, not both; use "
+                               "--target-table to name the target")
+    show = not quiet and sys.stderr.isatty()
+    try:
+        with _progress(show, "copying") as progress:
+            report = copy(
+                source,
+                target,
+                query=query,
+                params=list(params) or None,
+                source_table=table,
+                target_table=target_table or (table if query is None else None),
+                max_memory=budget,
+                mode=mode,  # type: ignore[arg-type]
+                key=keys or None,
+                progress=progress,
+            )
+    except MemboundError as exc:
+        raise click.ClickException(str(exc)) from None
+    _show(report, report_json)
+
+
+@main.command("demo")
+@click.option("--rows", "-n", default=1_000_000, show_default=True, type=click.IntRange(1),
+              help="Rows in the sample database.")
+@click.option("--dir", "directory", default="membound-demo", show_default=True,
+              type=click.Path(file_okay=False), help="Where the demo's files go.")
+@click.option("--max-memory", "-m", default=str(DEFAULT_MAX_MEMORY), show_default="64MB",
+              help="Memory budget for building and copying.")
+@click.option("--report-json", type=click.Path(dir_okay=False),
+              help="Also save the run report as JSON here.")
+def demo_command(rows: int, directory: str, max_memory: str, report_json: str | None) -> None:
+    """Build a sample SQLite database of events and copy it to Parquet, with the report.
+
+    Needs no server. The database is generated batch by batch and the copy streams in
+    byte-sized batches, so both stay inside the budget whatever --rows is.
+
+    \b
+    Example:
+      membound demo --rows 2000000 --max-memory 32MB
+    """
+    from membound.demo import run_demo
+
+    budget = _budget(max_memory, "adapt")
+    click.echo(f"building {Path(directory) / 'demo.db'} with {rows:,} events, then copying it "
+               f"to {Path(directory) / 'events.parquet'} within {format_size(budget.max_memory)}",
+               err=True)
+    try:
+        with _progress(sys.stderr.isatty(), "copying to Parquet") as progress:
+            report = run_demo(rows, directory, max_memory=budget, progress=progress)
+    except MemboundError as exc:
+        raise click.ClickException(str(exc)) from None
+    _show(report, report_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
