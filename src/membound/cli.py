@@ -131,7 +131,7 @@ def copy_command(
                 query=query,
                 params=list(params) or None,
                 source_table=table,
-                target_table=target_table or (table if query is None else None),
+                target_table=target_table,
                 max_memory=budget,
                 mode=mode,  # type: ignore[arg-type]
                 key=keys or None,

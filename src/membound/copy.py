@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from membound.backends.base import WriteMode, check_mode, open_backend
+from membound.backends.base import SQL, WriteMode, check_mode, open_backend
 from membound.batching import batch_nbytes
 from membound.budget import DEFAULT_MAX_MEMORY, Budget, Policy
 from membound.errors import ConfigurationError
@@ -61,10 +61,12 @@ def copy(
         raise ConfigurationError("give either a query or a source table, not both")
     source_url = parse_url(source)
     target_url = parse_url(target)
-    what = query or source_table or source_url.table
+    what = SQL(query) if query else source_table or source_url.table
     if params and not query:
         raise ConfigurationError("params go with a query; pass query= too")
-    to_table = target_table or target_url.table or (None if query else what)
+    to_table = target_table or target_url.table
+    if to_table is None and target_url.scheme != "file" and not query:
+        to_table = what
 
     report = RunReport(
         source=source_url.display + (f" [{what}]" if what and not source_url.table else ""),

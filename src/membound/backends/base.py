@@ -28,7 +28,7 @@ from membound.budget import Budget
 from membound.errors import ConfigurationError
 from membound.urls import ParsedURL, parse_url
 
-__all__ = ["Backend", "WriteMode", "WriteResult", "check_mode", "is_query", "open_backend"]
+__all__ = ["SQL", "Backend", "WriteMode", "WriteResult", "check_mode", "is_query", "open_backend"]
 
 WriteMode = Literal["fail", "append", "replace", "upsert"]
 WRITE_MODES: tuple[str, ...] = ("fail", "append", "replace", "upsert")
@@ -39,9 +39,15 @@ _QUERY_START = re.compile(
 )
 
 
+class SQL(str):
+    """A string that is a query, whatever it starts with (``copy(query=...)`` passes these)."""
+
+    __slots__ = ()
+
+
 def is_query(text: str) -> bool:
     """True when ``text`` is a query rather than a table name."""
-    return bool(_QUERY_START.match(text))
+    return isinstance(text, SQL) or bool(_QUERY_START.match(text))
 
 
 def check_mode(mode: str, key: Sequence[str] | str | None = None) -> tuple[str, ...] | None:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what the tests need into .venv and run them. The README's test command.
+#
+#   bash scripts/test.sh            # default suite (~5 min)
+#   bash scripts/test.sh -m slow    # extra pytest arguments pass through
+#
+# Server tests read MEMBOUND_TEST_POSTGRES_URL / MEMBOUND_TEST_MYSQL_URL / MEMBOUND_TEST_REDIS_URL
+# (local defaults) and skip when a server is absent, unless MEMBOUND_REQUIRE_SERVERS=1 (as in CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test,postgres,mysql,sqlalchemy,codecs]'
+
+# Start the local servers the machine ships with if they stopped (no-ops when running or absent).
+if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+  pg_isready -h 127.0.0.1 -q 2>/dev/null || \
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+if command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; then
+  mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 || \
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  for _ in $(seq 1 30); do
+    mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break
+    sleep 1
+  done
+fi
+
+exec .venv/bin/python -m pytest -m "not slow" "$@"

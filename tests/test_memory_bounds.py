@@ -1,0 +1,133 @@
+"""The budget is kept: peak RSS above the post-import baseline, measured in a fresh process.
+
+Each case also runs once with a budget so large that the bound does nothing, and checks that
+the same workload then goes well over the small budget: proof that the workload is big enough
+for the test to fail if the budget logic were missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pyarrow.parquet as pq
+import pytest
+
+from membound import open_backend
+from membound.demo import event_batches
+
+BUDGET = 32_000_000
+ALLOWED = 1.1 * BUDGET
+UNBOUNDED = "8GB"
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import membound
+    import membound.backends.files, membound.backends.sqlite
+    from membound.memory import peak_rss_bytes, reset_peak, rss_bytes, warm_up
+
+    warm_up()
+    source, target, budget = sys.argv[1:4]
+    baseline = rss_bytes()
+    reset_peak()
+    report = membound.copy(source, target, max_memory=budget, mode="replace")
+    peak = peak_rss_bytes()
+    print(json.dumps({"above": peak - baseline, "rows": report.rows,
+                      "report_peak": report.peak_above_start}))
+    """
+)
+
+
+def run_child(source: str, target: str, budget: str | int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, source, target, str(budget)],
+        capture_output=True, text=True, check=False, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sqlite_checksum(path: str, table: str, columns: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    count = 0
+    conn = sqlite3.connect(path)
+    for row in conn.execute(f"SELECT {columns} FROM {table} ORDER BY id"):
+        digest.update(repr(row).encode())
+        count += 1
+    conn.close()
+    return count, digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def events_db(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("bounds") / "events.db")
+    with open_backend(f"sqlite:///{path}") as db:
+        db.write("events", event_batches(1_000_000))
+    return path
+
+
+def test_million_rows_sqlite_to_parquet_within_budget(events_db, tmp_path):
+    target = str(tmp_path / "events.parquet")
+    result = run_child(f"sqlite:///{events_db}?table=events", target, BUDGET)
+    assert result["rows"] == 1_000_000
+    assert result["above"] <= ALLOWED, f"peak {result['above']:,} B above baseline"
+    assert result["report_peak"] <= ALLOWED
+
+    table = pq.read_table(target, columns=["id", "payload", "amount"])
+    assert table.num_rows == 1_000_000
+    assert table.column("id").to_pylist() == list(range(1, 1_000_001))
+    expected = sqlite_checksum(events_db, "events", "payload, amount")
+    digest = hashlib.sha256()
+    for payload, amount in zip(table.column("payload").to_pylist(),
+                               table.column("amount").to_pylist(), strict=True):
+        digest.update(repr((payload, amount)).encode())
+    assert (table.num_rows, digest.hexdigest()) == expected
+
+    control = run_child(f"sqlite:///{events_db}?table=events", str(tmp_path / "c.parquet"),
+                        UNBOUNDED)
+    assert control["above"] > ALLOWED, "workload too small to show the bound"
+
+
+def test_million_rows_sqlite_to_sqlite_within_budget(events_db, tmp_path):
+    target = str(tmp_path / "copy.db")
+    result = run_child(f"sqlite:///{events_db}?table=events", f"sqlite:///{target}", BUDGET)
+    assert result["rows"] == 1_000_000
+    assert result["above"] <= ALLOWED, f"peak {result['above']:,} B above baseline"
+    columns = "id, user_id, ts, kind, amount, payload, flag"
+    assert sqlite_checksum(target, "events", columns) == sqlite_checksum(
+        events_db, "events", columns)
+
+
+def test_twenty_megabyte_values_within_budget(tmp_path):
+    source = str(tmp_path / "docs.db")
+    conn = sqlite3.connect(source)
+    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, title TEXT, body BLOB)")
+    rows = []
+    for i in range(60_000):
+        if i % 6_000 == 3_000:
+            body = hashlib.sha256(str(i).encode()).digest() * (20_000_000 // 32)
+        else:
+            body = hashlib.md5(str(i).encode()).digest() * 4
+        rows.append((i, f"document {i:08d} " + "x" * 40, body))
+        if len(rows) == 1000:
+            conn.executemany("INSERT INTO docs VALUES (?, ?, ?)", rows)
+            rows.clear()
+    conn.commit()
+    conn.close()
+    target = str(tmp_path / "copy.db")
+    result = run_child(f"sqlite:///{source}?table=docs", f"sqlite:///{target}", BUDGET)
+    assert result["rows"] == 60_000
+    assert result["above"] <= ALLOWED, f"peak {result['above']:,} B above baseline"
+    assert sqlite_checksum(target, "docs", "title, body") == sqlite_checksum(
+        source, "docs", "title, body")
+
+    control = run_child(f"sqlite:///{source}?table=docs", f"sqlite:///{tmp_path}/c.db",
+                        UNBOUNDED)
+    assert control["above"] > ALLOWED, "workload too small to show the bound"
+    os.remove(f"{tmp_path}/c.db")
