@@ -590,6 +590,41 @@ def test_names_and_repr() -> None:
         codec.max_output = 1  # type: ignore[misc]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "json+zlib",
+        "bytes",
+        "arrow+gzip",
+        pytest.param("msgpack+lz4", marks=[NEEDS["msgpack"], NEEDS["lz4"]]),
+        pytest.param("zstd:7", marks=NEEDS["zstd"]),
+    ],
+)
+def test_codecs_pickle_for_worker_processes(name: str) -> None:
+    import pickle
+
+    codec = get_codec(name, max_output="5MB")
+    copy = pickle.loads(pickle.dumps(codec))
+    assert repr(copy) == repr(codec)
+    value = b"abc" * 100 if codec.serializer.name == "bytes" else {"a": [1, 2] * 50}
+    if codec.serializer.name == "arrow":
+        value = pa.table({"a": [1, 2] * 50})
+    assert _same(codec.serializer.name, copy.decode(codec.encode(value)), value)
+
+
+@NEEDS["zstd"]
+def test_dictionary_codecs_and_trusted_pickle_codecs_pickle(dictionary: ZstdDictionary) -> None:
+    import pickle
+
+    codec = get_codec("json+zstd", dictionary=dictionary)
+    copy = pickle.loads(pickle.dumps(codec))
+    assert copy.compressor.dictionary == dictionary  # type: ignore[union-attr]
+    record = _sample_records(1)[0]
+    assert copy.decode(codec.encode(record)) == record
+    trusted = pickle.loads(pickle.dumps(get_codec("pickle", trusted=True)))
+    assert trusted.decode(trusted.encode({1, 2})) == {1, 2}
+
+
 def test_encode_refuses_values_the_format_cannot_hold() -> None:
     with pytest.raises(CodecError, match="take bytes"):
         get_codec("zlib").encode("text")
@@ -840,6 +875,30 @@ def test_zstd_frames_that_lie_about_their_size(declared: int) -> None:
     assert zstandard.get_frame_parameters(bytes(body)).content_size == declared
     with pytest.raises(CodecError):
         decode_any(forge(0, 4, bytes(body)))
+
+
+@NEEDS["zstd"]
+@NEEDS["lz4"]
+def test_frames_that_declare_no_content() -> None:
+    import lz4.frame
+    import zstandard
+
+    zstd = get_codec("zstd").compressor
+    lz4_compressor = get_codec("lz4").compressor
+    assert zstd is not None and lz4_compressor is not None
+    # Standalone compressors read empty frames, with or without zstd's checksum.
+    assert zstd.decompress(zstd.compress(b"")) == b""
+    assert zstd.decompress(zstandard.ZstdCompressor(write_checksum=True).compress(b"")) == b""
+    assert lz4_compressor.decompress(lz4.frame.compress(b"", store_size=False)) == b""
+    # A zstd frame rewritten to declare 0 bytes (single segment, 1-byte size) but holding 10 kB,
+    # and an lz4 frame with no size at all.
+    frame = zstd.compress(b"0123456789" * 1000)
+    lying = frame[:4] + b"\x20\x00" + frame[7:]
+    assert zstandard.get_frame_parameters(lying).content_size == 0
+    unsized = lz4.frame.compress(b"0123456789" * 1000, store_size=False)
+    for compressor_id, body in ((4, lying), (3, unsized)):
+        with pytest.raises(CodecError):
+            decode_any(forge(0, compressor_id, body))
 
 
 @NEEDS["lz4"]

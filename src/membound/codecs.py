@@ -227,6 +227,11 @@ class Codec:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Codec is immutable; make a new one")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable, e.g. to hand to a worker process: rebuilt there from its parts.
+        rebuild = functools.partial(Codec, max_output=self.max_output)
+        return (rebuild, (self.serializer, self.compressor))
+
     @property
     def name(self) -> str:
         """``"msgpack+zstd"``, ``"json"``, ``"zstd"`` (bytes in and out): the name in headers."""

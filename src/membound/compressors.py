@@ -22,6 +22,7 @@ the bound.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 import threading
@@ -67,6 +68,8 @@ DEFAULT_DICTIONARY_SIZE = 112_640
 # A trained zstd dictionary starts with this magic number, then its 32-bit id.
 _ZSTD_DICT_HEADER = struct.Struct("<II")
 _ZSTD_DICT_MAGIC = 0xEC30A437
+# After its header, an empty zstd frame holds one empty block (3 bytes) and maybe a checksum (4).
+_ZSTD_EMPTY_FRAME_TAIL = 3 + 4
 # zstandard reports this content size for frames that do not declare one.
 _ZSTD_CONTENTSIZE_UNKNOWN = 2**64 - 1
 
@@ -122,6 +125,10 @@ class Compressor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(level={self.level})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the level (and dictionary): modules and contexts stay behind.
+        return (type(self), (self.level,))
 
 
 def _inflate(name: str, data: Buffer, wbits: int, max_output: int) -> bytes:
@@ -246,6 +253,9 @@ class ZstdDictionary:
     def __repr__(self) -> str:
         return f"ZstdDictionary(dict_id={self.dict_id}, size={format_size(len(self.data))!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ZstdDictionary, (self.data,))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ZstdDictionary):
             return NotImplemented
@@ -289,7 +299,8 @@ class ZstdCompressor(Compressor):
     """Zstandard frames, optionally with a trained :class:`ZstdDictionary` for small records.
 
     Safe to share between threads: each thread gets its own zstd contexts (zstandard's are not
-    thread-safe), made on first use.
+    thread-safe), made on first use and kept while the thread lives; at level 3 a compression
+    context grows to about 1.5 MB on 200 kB inputs and 3.6 MB on multi-megabyte ones.
     """
 
     name = "zstd"
@@ -316,6 +327,9 @@ class ZstdCompressor(Compressor):
     def __repr__(self) -> str:
         extra = f", dictionary={self.dictionary!r}" if self.dictionary is not None else ""
         return f"ZstdCompressor(level={self.level}{extra})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (functools.partial(ZstdCompressor, dictionary=self.dictionary), (self.level,))
 
     def _compressor(self) -> Any:
         cctx = getattr(self._local, "cctx", None)
@@ -362,8 +376,17 @@ class ZstdCompressor(Compressor):
                     f"this zstd payload was compressed with dictionary id {frame.dict_id}, "
                     f"not with this codec's dictionary id {self.dictionary.dict_id}"
                 )
-        # The size was checked above, and decompress() checks the output matches it.
         dctx = self._decompressor(with_dictionary=bool(frame.dict_id))
+        if frame.content_size == 0:
+            # zstandard returns b"" for these without reading on. An empty frame is its header,
+            # one empty block (3 bytes) and maybe a checksum (4): decode that little to be sure.
+            if len(data) > self._zstd.frame_header_size(data) + _ZSTD_EMPTY_FRAME_TAIL:
+                raise CodecError("this zstd frame declares no content but holds some")
+            decompressor = dctx.decompressobj()
+            if decompressor.decompress(data) or decompressor.unused_data:
+                raise CodecError("this zstd frame declares no content but holds some")
+            return b""
+        # The size was checked above, and decompress() checks the output matches it.
         return dctx.decompress(data, allow_extra_data=False)
 
 

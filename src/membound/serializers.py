@@ -21,6 +21,7 @@ into :class:`~membound.errors.CodecError`. Use them through a codec, not on thei
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import pickle
@@ -176,10 +177,15 @@ class JsonSerializer(Serializer):
         if backend == "orjson" and orjson is None:
             raise MissingDriverError("orjson", extra="codecs")
         self._orjson = orjson
+        self._requested = backend
         self.backend = "orjson" if orjson is not None else "stdlib"
 
     def __repr__(self) -> str:
         return f"JsonSerializer(backend={self.backend!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the request, so "auto" picks again in the process that unpickles it.
+        return (functools.partial(JsonSerializer, backend=self._requested), ())
 
     def dumps(self, obj: Any) -> bytes:
         if self._orjson is not None:
@@ -222,6 +228,9 @@ class MsgpackSerializer(Serializer):
 
     def __init__(self) -> None:
         self._msgpack = _import_msgpack()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MsgpackSerializer, ())
 
     def dumps(self, obj: Any) -> bytes:
         return self._msgpack.packb(obj, use_bin_type=True, datetime=True)
@@ -277,6 +286,9 @@ class ProtobufSerializer(Serializer):
 
     def __repr__(self) -> str:
         return f"ProtobufSerializer({self.full_name})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ProtobufSerializer, (self.message_class,))
 
     def dumps(self, obj: Any) -> bytes:
         if not isinstance(obj, self.message_class):
@@ -376,6 +388,10 @@ class PickleSerializer(Serializer):
 
     def __repr__(self) -> str:
         return "PickleSerializer(trusted=True)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Only a trusted instance exists to be pickled, so the copy is trusted too.
+        return (functools.partial(PickleSerializer, trusted=True), ())
 
     def dumps(self, obj: Any) -> bytes:
         return pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
