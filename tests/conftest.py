@@ -34,8 +34,7 @@ def _server_url(env: str, default: str, default_port: int) -> str:
             pass
     except OSError as exc:
         message = (
-            f"no server at {host}:{port} for {mask_password(url)} ({exc}); "
-            f"start one or set {env}"
+            f"no server at {host}:{port} for {mask_password(url)} ({exc}); start one or set {env}"
         )
         if os.environ.get(REQUIRE_SERVERS_ENV) == "1":
             pytest.fail(f"{message} ({REQUIRE_SERVERS_ENV}=1 requires it)", pytrace=False)
@@ -53,3 +52,26 @@ def postgres_url() -> str:
 def mysql_url() -> str:
     """URL of the test MariaDB/MySQL server; skips (or fails under MEMBOUND_REQUIRE_SERVERS=1)."""
     return _server_url(MYSQL_URL_ENV, MYSQL_URL_DEFAULT, 3306)
+
+
+# -- cache servers (Redis, Memcached) --------------------------------------------------------------
+#
+# Same rules as the database servers above. Tests use a dedicated Redis database (15) and a unique
+# key prefix each, and delete their keys afterwards.
+
+REDIS_URL_ENV = "MEMBOUND_TEST_REDIS_URL"
+REDIS_URL_DEFAULT = "redis://127.0.0.1:6379/15"
+MEMCACHED_URL_ENV = "MEMBOUND_TEST_MEMCACHED_URL"
+MEMCACHED_URL_DEFAULT = "memcached://127.0.0.1:11211"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the test Redis server; skips (or fails under MEMBOUND_REQUIRE_SERVERS=1)."""
+    return _server_url(REDIS_URL_ENV, REDIS_URL_DEFAULT, 6379)
+
+
+@pytest.fixture(scope="session")
+def memcached_url() -> str:
+    """URL of the test Memcached server; skips (or fails under MEMBOUND_REQUIRE_SERVERS=1)."""
+    return _server_url(MEMCACHED_URL_ENV, MEMCACHED_URL_DEFAULT, 11211)

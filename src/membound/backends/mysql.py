@@ -6,12 +6,20 @@ turned off: values arrive as the server's text and Arrow casts whole columns at 
 the shared 2,000,000-row ``events`` table (local MariaDB 10.11, 2 cores, batches of ~2 MB,
 peak RSS above a baseline taken after pyarrow.compute's first call):
 
-    PyMySQL SSCursor, text values + Arrow casts (chosen)   29.5 s   45 MB
-    PyMySQL SSCursor, PyMySQL's converters + pa.array       37.6 s   82 MB
-    mysqlclient SSCursor, text values + Arrow casts         5.7-9.6 s 42 MB  (a C extension that
-                                                                      needs libmariadb-dev to build)
-    ConnectorX arrow_stream                                 3.1-3.9 s 23 MB  (unbounded channel:
-                                                                      memory grows with a slow consumer)
+    read  PyMySQL SSCursor, text values + Arrow casts (chosen) 12.5-29.5 s  45 MB
+    read  PyMySQL SSCursor, PyMySQL's converters + pa.array     37.6 s       82 MB
+    read  mysqlclient SSCursor, text values + Arrow casts       5.7-9.6 s    42 MB (C extension,
+                                                              needs libmariadb-dev to build)
+    read  ConnectorX arrow_stream                               3.1-3.9 s    23 MB (unbounded
+                                                              channel: grows with a slow consumer)
+    write multi-row INSERT rendered by Arrow compute (chosen)  25.5-29 s     30 MB at 32MB
+    write LOAD DATA LOCAL INFILE of the same rows as TSV      21 s         (needs local_infile on
+                                                              both ends; lets the server read
+                                                              any client file: not worth 1.3x)
+
+(The machine is shared and noisy: ranges are several runs; throwaway scripts, for bench/.)
+Through the budget's batches this backend read the table with 23 MB above the baseline at a
+32MB budget, against 544 MB with the bound lifted.
 
 Writes render each batch into multi-row ``INSERT`` statements column by column with Arrow compute
 (escaping, quoting, NULLs) rather than value by value in Python, each statement under the
@@ -67,6 +75,10 @@ PACKET_HEADROOM = 64 * 1024
 # Above this an INSERT is not faster, only a bigger string in memory.
 MAX_STATEMENT_BYTES = 16 * 1024 * 1024
 MAX_IDLE_CONNECTIONS = 2
+# Arrow memory for the read conversion and the INSERT rendering. pyarrow's default pool
+# (mimalloc) keeps freed pages: rendering 3.5 MB batches left RSS 44 MB up against 9 MB with the
+# C allocator, whose large blocks go back to the OS when freed.
+POOL = pa.system_memory_pool()
 
 # MySQL protocol column types (FIELD_TYPE) and flags.
 _DECIMAL, _TINY, _SHORT, _LONG, _FLOAT, _DOUBLE, _NULL, _TIMESTAMP = 0, 1, 2, 3, 4, 5, 6, 7
@@ -137,7 +149,12 @@ def _column_for(field: Any) -> _Column:
     name = field.name
     text = pa.string()
     if code == _TINY and field.length == 1 and not unsigned:
-        return _Column(name, pa.bool_(), text, lambda a: a.cast(pa.int8()).cast(pa.bool_()))
+        return _Column(
+            name,
+            pa.bool_(),
+            text,
+            lambda a: a.cast(pa.int8(), memory_pool=POOL).cast(pa.bool_(), memory_pool=POOL),
+        )
     if (code, unsigned) in _INTEGERS:
         return _Column(name, _INTEGERS[code, unsigned], text)
     if code in (_FLOAT, _DOUBLE):
@@ -146,8 +163,8 @@ def _column_for(field: Any) -> _Column:
         scale = field.scale
         precision = field.length - (0 if unsigned else 1) - (1 if scale > 0 else 0)
         precision = max(precision, 1)
-        arrow = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(
-            precision, scale
+        arrow = (
+            pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
         )
         return _Column(name, arrow, text)
     if code == _YEAR:
@@ -174,11 +191,13 @@ def _column_for(field: Any) -> _Column:
 def _temporal(target: pa.DataType):
     def convert(array: pa.Array) -> pa.Array:
         try:
-            return array.cast(target)
+            return array.cast(target, memory_pool=POOL)
         except pa.ArrowInvalid:
             # Zero dates ('0000-00-00') and other values MySQL allows and nothing else does.
-            cleaned = pc.if_else(pc.match_substring_regex(array, "^0000-00-00"), None, array)
-            return cleaned.cast(target)
+            cleaned = pc.if_else(
+                pc.match_substring_regex(array, "^0000-00-00"), None, array, memory_pool=POOL
+            )
+            return cleaned.cast(target, memory_pool=POOL)
 
     return convert
 
@@ -196,7 +215,7 @@ def _times(array: pa.Array, name: str) -> pa.Array:
                 f"column {name!r} holds TIME {text!r}, outside a time of day; "
                 f"cast it in the query, e.g. TIME_TO_SEC({name})"
             ) from None
-    return pa.array(values, pa.time64("us"))
+    return pa.array(values, pa.time64("us"), memory_pool=POOL)
 
 
 def _bits(array: pa.Array) -> pa.Array:
@@ -206,11 +225,15 @@ def _bits(array: pa.Array) -> pa.Array:
 
 
 def _to_array(values: Sequence[Any], column: _Column) -> pa.Array:
-    raw = pa.array(values, column.raw_type)
+    raw = pa.array(values, column.raw_type, memory_pool=POOL)
     try:
         if column.convert is not None:
             return column.convert(raw)
-        return raw if column.raw_type == column.arrow_type else raw.cast(column.arrow_type)
+        return (
+            raw
+            if column.raw_type == column.arrow_type
+            else raw.cast(column.arrow_type, memory_pool=POOL)
+        )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise SchemaError(
             f"column {column.name!r} holds a value that does not fit {column.arrow_type}: {exc}"
@@ -259,22 +282,26 @@ def mysql_type_for(field: pa.Field, *, key: bool = False) -> str:
         return "DATETIME(6)"
     if pa.types.is_time(t):
         return "TIME(6)"
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_struct(t) or (
-        pa.types.is_map(t) or pa.types.is_fixed_size_list(t)
+    if (
+        pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or pa.types.is_struct(t)
+        or (pa.types.is_map(t) or pa.types.is_fixed_size_list(t))
     ):
         return "JSON"
     raise SchemaError(f"column {field.name!r} has Arrow type {t}, which MySQL has no type for")
 
 
 def _quote(text: pa.Array, backslash_escapes: bool) -> pa.Array:
-    """Escape and quote a string or binary array as SQL literals (NULLs stay null)."""
+    """Escape and quote a string or binary array as SQL literals, as binary (NULLs stay null)."""
+    text = text.cast(pa.binary(), memory_pool=POOL)  # zero-copy for strings
     if backslash_escapes:
-        text = pc.replace_substring(text, "\\", "\\\\")
-        text = pc.replace_substring(text, "'", "\\'")
-        text = pc.replace_substring(text, "\x00", "\\0")
+        text = pc.replace_substring(text, "\\", "\\\\", memory_pool=POOL)
+        text = pc.replace_substring(text, "'", "\\'", memory_pool=POOL)
+        text = pc.replace_substring(text, "\x00", "\\0", memory_pool=POOL)
     else:
-        text = pc.replace_substring(text, "'", "''")
-    return pc.binary_join_element_wise("'", text, "'", "")
+        text = pc.replace_substring(text, "'", "''", memory_pool=POOL)
+    return pc.binary_join_element_wise(b"'", text, b"'", b"", memory_pool=POOL)
 
 
 def literals(array: pa.Array, field: pa.Field, backslash_escapes: bool) -> pa.Array:
@@ -295,24 +322,24 @@ def literals(array: pa.Array, field: pa.Field, backslash_escapes: bool) -> pa.Ar
     elif pa.types.is_dictionary(t):
         return literals(array.dictionary_decode(), field, backslash_escapes)
     elif pa.types.is_boolean(t):
-        out = array.cast(pa.int8()).cast(pa.string())
+        out = array.cast(pa.int8(), memory_pool=POOL).cast(pa.string(), memory_pool=POOL)
     elif pa.types.is_integer(t) or pa.types.is_decimal(t):
-        out = array.cast(pa.string())
+        out = array.cast(pa.string(), memory_pool=POOL)
     elif pa.types.is_floating(t):
         if not pc.all(pc.or_kleene(pc.is_finite(array), pc.is_null(array))).as_py():
             raise SchemaError(f"column {field.name!r} holds NaN or infinity, which MySQL cannot")
-        out = array.cast(pa.float64()).cast(pa.string())
+        out = array.cast(pa.float64(), memory_pool=POOL).cast(pa.string(), memory_pool=POOL)
     elif pa.types.is_timestamp(t):
         # MySQL has no zone: tz-aware values are written as their UTC wall time.
-        naive = array.cast(pa.timestamp(t.unit)).cast(pa.timestamp("us"), safe=False)
-        out = _quote(naive.cast(pa.string()), backslash_escapes)
-    elif pa.types.is_date(t) or pa.types.is_time(t):
-        out = _quote(array.cast(pa.string()), backslash_escapes)
-    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        out = _quote(array.cast(pa.string()), backslash_escapes)
+        naive = array.cast(pa.timestamp(t.unit), memory_pool=POOL).cast(
+            pa.timestamp("us"), safe=False, memory_pool=POOL
+        )
+        out = _quote(naive.cast(pa.string(), memory_pool=POOL), backslash_escapes)
+    elif pa.types.is_date(t) or pa.types.is_time(t) or _is_text(t):
+        out = _quote(array.cast(pa.string(), memory_pool=POOL), backslash_escapes)
     elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        quoted = _quote(array.cast(pa.binary()), backslash_escapes)
-        out = pc.binary_join_element_wise("_binary", quoted, "")
+        quoted = _quote(array.cast(pa.binary(), memory_pool=POOL), backslash_escapes)
+        out = pc.binary_join_element_wise(b"_binary", quoted, b"", memory_pool=POOL)
     elif pa.types.is_null(t):
         return pa.array([b"NULL"] * len(array), pa.binary())
     elif pa.types.is_nested(t):
@@ -320,7 +347,13 @@ def literals(array: pa.Array, field: pa.Field, backslash_escapes: bool) -> pa.Ar
         out = _quote(pa.array(texts, pa.string()), backslash_escapes)
     else:
         raise SchemaError(f"column {field.name!r} has Arrow type {t}, which MySQL has no type for")
-    return pc.fill_null(out.cast(pa.binary()), b"NULL")
+    return pc.coalesce(
+        out.cast(pa.binary(), memory_pool=POOL), pa.scalar(b"NULL"), memory_pool=POOL
+    )
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 def _values_rows(batch: pa.RecordBatch, backslash_escapes: bool) -> pa.Array:
@@ -331,7 +364,7 @@ def _values_rows(batch: pa.RecordBatch, backslash_escapes: bool) -> pa.Array:
             parts.append(b",")
         parts.append(literals(batch.column(i), field, backslash_escapes))
     parts.extend([b"),", b""])
-    return pc.binary_join_element_wise(*parts)
+    return pc.binary_join_element_wise(*parts, memory_pool=POOL)
 
 
 def _joined(rows: pa.Array) -> memoryview:
@@ -618,8 +651,9 @@ class MySQLBackend(Backend):
             schema = getattr(batches, "schema", None)
             if not isinstance(schema, pa.Schema) or not len(schema):
                 return result
-            first = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema],
-                                               schema=schema)
+            first = pa.RecordBatch.from_arrays(
+                [pa.array([], f.type) for f in schema], schema=schema
+            )
         if keys:
             missing = [k for k in keys if k not in first.schema.names]
             if missing:
@@ -642,8 +676,17 @@ class MySQLBackend(Backend):
                 result.created = True
                 columns = first.schema.names
             if columns is None or mode == "replace":
-                self._build(conn, cursor, schema_name, table_name, first, stream, keys, result,
-                            replace=columns is not None)
+                self._build(
+                    conn,
+                    cursor,
+                    schema_name,
+                    table_name,
+                    first,
+                    stream,
+                    keys,
+                    result,
+                    replace=columns is not None,
+                )
             else:
                 missing = [n for n in first.schema.names if n not in columns]
                 if missing:
@@ -651,8 +694,15 @@ class MySQLBackend(Backend):
                         f"column(s) {', '.join(map(repr, missing))} are not in table {name!r} "
                         f"(it has {', '.join(columns)})"
                     )
-                self._append(conn, qualified(schema_name, table_name), first, stream, keys,
-                             result, upsert=mode == "upsert")
+                self._append(
+                    conn,
+                    qualified(schema_name, table_name),
+                    first,
+                    stream,
+                    keys,
+                    result,
+                    upsert=mode == "upsert",
+                )
         return result
 
     def _create(self, cursor: Any, target: str, schema: pa.Schema, keys) -> None:
@@ -664,9 +714,7 @@ class MySQLBackend(Backend):
         ]
         if keys:
             columns.append(f"PRIMARY KEY ({', '.join(map(quote_ident, keys))})")
-        cursor.execute(
-            f"CREATE TABLE {target} ({', '.join(columns)}) DEFAULT CHARSET=utf8mb4"
-        )
+        cursor.execute(f"CREATE TABLE {target} ({', '.join(columns)}) DEFAULT CHARSET=utf8mb4")
 
     def _insert(self, conn: Any, target: str, batch: pa.RecordBatch, upsert_keys) -> None:
         """Send one batch as INSERT statements, each under max_allowed_packet."""
@@ -699,8 +747,9 @@ class MySQLBackend(Backend):
                 )
             conn.query(b"".join((head, _joined(part), tail)))
 
-    def _build(self, conn, cursor, schema_name, table_name, first, stream, keys, result, *,
-               replace: bool) -> None:
+    def _build(
+        self, conn, cursor, schema_name, table_name, first, stream, keys, result, *, replace: bool
+    ) -> None:
         build_name = f"_membound_tmp_{_uuid.uuid4().hex[:12]}"
         build = qualified(schema_name, build_name)
         target = qualified(schema_name, table_name)
@@ -785,4 +834,3 @@ def _message(exc: Exception) -> str:
     if len(exc.args) >= 2 and isinstance(exc.args[1], str):
         return f"({exc.args[0]}) {exc.args[1]}"
     return str(exc)
-

@@ -11,7 +11,9 @@ its own process, peak RSS above the post-import baseline:
     write ADBC adbc_ingest, one commit per batch          4.4-5.4 s    17 MB
     write psycopg COPY (FORMAT BINARY) with write_row     11.8-14.7 s  24 MB
 
-("slow consumer": 20 ms of sleep per batch; throwaway scripts, to move into bench/.)
+("slow consumer": 20 ms of sleep per batch; throwaway scripts, to move into bench/.) Through
+this backend at a 32MB budget: read 15 MB above the baseline (64 MB batches with the bound
+lifted go far over), write by ``replace`` 7.6 MB in 5.8 s.
 
 ADBC sizes its batches in bytes itself (``adbc.postgresql.batch_size_hint_bytes``) and reads the
 COPY stream only as fast as the consumer takes batches, so it is both the fastest and the only
@@ -244,9 +246,7 @@ class _ReadPlan:
             cast = self.text_casts.get(i)
             expr = f"{alias}::{cast}" if cast else alias
             select.append(f"{expr} AS {quote_ident(name)}")
-        return (
-            f"SELECT {', '.join(select)} FROM ({sql}) AS _membound_q({', '.join(aliases)})"
-        )
+        return f"SELECT {', '.join(select)} FROM ({sql}) AS _membound_q({', '.join(aliases)})"
 
     def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         columns = list(batch.columns)
@@ -457,15 +457,19 @@ def cast_column(array: pa.Array, field_name: str, target: pa.DataType) -> pa.Arr
                 return array
             if source == pa.binary(16):
                 return pa.ExtensionArray.from_storage(pa.uuid(), array)
-            if pa.types.is_string(source) or pa.types.is_large_string(source) or (
-                pa.types.is_string_view(source)
+            if (
+                pa.types.is_string(source)
+                or pa.types.is_large_string(source)
+                or (pa.types.is_string_view(source))
             ):
                 return string_to_uuid(array, field_name)
         elif ext == "arrow.json":
             if source_ext == "arrow.json":
                 return array
-            if pa.types.is_string(source) or pa.types.is_large_string(source) or (
-                pa.types.is_string_view(source)
+            if (
+                pa.types.is_string(source)
+                or pa.types.is_large_string(source)
+                or (pa.types.is_string_view(source))
             ):
                 return pa.ExtensionArray.from_storage(pa.json_(), array.cast(pa.string()))
         else:
@@ -607,8 +611,7 @@ class PostgresBackend(Backend):
         target = query_or_table or self.default_table
         if not target:
             raise ConfigurationError(
-                "give a table or a query, or put ?table= in the URL "
-                f"({self.url.display})"
+                f"give a table or a query, or put ?table= in the URL ({self.url.display})"
             )
         if is_query(target):
             sql = target.strip().rstrip(";")
@@ -642,6 +645,7 @@ class PostgresBackend(Backend):
         with self._connection() as conn:
             cursor = conn.cursor(adbc_stmt_kwargs={_BATCH_HINT_OPTION: str(sizer.target_bytes)})
             reader = None
+            finished = False
             try:
                 plan, sql = self._describe(cursor, sql, what)
                 try:
@@ -665,7 +669,13 @@ class PostgresBackend(Backend):
                     del batch, raw
                 if not produced:
                     yield empty_batch(plan.schema)
+                finished = True
             finally:
+                if reader is not None and not finished:
+                    # Abandoned or failed mid-result: have the server stop the COPY now (the
+                    # connection is then closed, not pooled).
+                    with contextlib.suppress(Exception):
+                        cursor.adbc_cancel()
                 if reader is not None:
                     with contextlib.suppress(Exception):
                         reader.close()
@@ -776,23 +786,52 @@ class PostgresBackend(Backend):
                     )
                 if mode == "upsert" and columns is None:
                     # Create it empty, with its key, then merge: a key may repeat in the data.
-                    self._build(conn, cursor, schema_name, table_name, first.schema, (), keys,
-                                result, replace=False)
+                    self._build(
+                        conn,
+                        cursor,
+                        schema_name,
+                        table_name,
+                        first.schema,
+                        (),
+                        keys,
+                        result,
+                        replace=False,
+                    )
                     columns = self._table_columns(cursor, target)
                     conn.commit()
                 if columns is None or mode == "replace":
-                    self._build(conn, cursor, schema_name, table_name, first.schema,
-                                _chain(first, stream), keys, result, replace=columns is not None)
+                    self._build(
+                        conn,
+                        cursor,
+                        schema_name,
+                        table_name,
+                        first.schema,
+                        _chain(first, stream),
+                        keys,
+                        result,
+                        replace=columns is not None,
+                    )
                 else:
-                    self._append(conn, cursor, schema_name, table_name, columns, first, stream,
-                                 keys, result, upsert=mode == "upsert")
+                    self._append(
+                        conn,
+                        cursor,
+                        schema_name,
+                        table_name,
+                        columns,
+                        first,
+                        stream,
+                        keys,
+                        result,
+                        upsert=mode == "upsert",
+                    )
             finally:
                 with contextlib.suppress(Exception):
                     cursor.close()
         return result
 
-    def _build(self, conn, cursor, schema_name, table_name, schema, batches, keys, result, *,
-               replace: bool) -> None:
+    def _build(
+        self, conn, cursor, schema_name, table_name, schema, batches, keys, result, *, replace: bool
+    ) -> None:
         """Create the table and load everything in one transaction (beside the old one if any)."""
         build_name = f"_membound_tmp_{_uuid.uuid4().hex[:12]}" if replace else table_name
         build = qualified(schema_name, build_name)
@@ -838,8 +877,20 @@ class PostgresBackend(Backend):
             raise
         result.created = True
 
-    def _append(self, conn, cursor, schema_name, table_name, columns, first, stream, keys,
-                result, *, upsert: bool) -> None:
+    def _append(
+        self,
+        conn,
+        cursor,
+        schema_name,
+        table_name,
+        columns,
+        first,
+        stream,
+        keys,
+        result,
+        *,
+        upsert: bool,
+    ) -> None:
         """Add (or merge) the batches one committed transaction at a time."""
         by_name = {c.name: c for c in columns}
         names = first.schema.names
@@ -967,8 +1018,7 @@ def _create_ingest_type(field: pa.Field) -> pa.DataType:
 def _merge_sql(target, stage_name, columns, keys, upsert) -> str:
     names = ", ".join(quote_ident(c.name) for c in columns)
     exprs = ", ".join(
-        quote_ident(c.name) if c.ingest_type is not None
-        else f"{quote_ident(c.name)}::{c.sql_type}"
+        quote_ident(c.name) if c.ingest_type is not None else f"{quote_ident(c.name)}::{c.sql_type}"
         for c in columns
     )
     stage = quote_ident(stage_name)

@@ -1,0 +1,525 @@
+"""MySQLBackend against a real MariaDB/MySQL server (MEMBOUND_TEST_MYSQL_URL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pytest
+
+from membound.backends.base import open_backend
+from membound.errors import (
+    NotFoundError,
+    PartialWriteError,
+    QueryError,
+    SchemaError,
+    SourceError,
+    TargetError,
+    TargetExistsError,
+)
+
+pymysql = pytest.importorskip("pymysql")
+
+pytestmark = pytest.mark.server
+
+
+def plain_connection(url: str):
+    parts = urlsplit(url)
+    return pymysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        database=parts.path.lstrip("/"),
+        charset="utf8mb4",
+        autocommit=True,
+    )
+
+
+class Plain:
+    """A small autocommit helper connection for setting up and checking."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = plain_connection(url)
+
+    def execute(self, sql: str, params=None) -> list[tuple]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+
+
+@pytest.fixture
+def my(mysql_url):
+    helper = Plain(mysql_url)
+    yield helper
+    helper.conn.close()
+
+
+@pytest.fixture
+def tables(my):
+    names: list[str] = []
+
+    def make(prefix: str = "t") -> str:
+        names.append(f"mbtest_{prefix}_{uuid.uuid4().hex[:10]}")
+        return names[-1]
+
+    yield make
+    for name in names:
+        my.execute(f"DROP TABLE IF EXISTS `{name}`")
+
+
+def thread_ids(db) -> list[int]:
+    return [conn.thread_id() for conn in db._open]
+
+
+def busy(my, ids: list[int]) -> list[tuple]:
+    """Connections among ``ids`` that are running something (not sleeping)."""
+    if not ids:
+        return []
+    marks = ",".join(map(str, ids))
+    return my.execute(
+        f"SELECT ID, COMMAND, INFO FROM information_schema.PROCESSLIST "
+        f"WHERE ID IN ({marks}) AND COMMAND <> 'Sleep'"
+    )
+
+
+def alive(my, ids: list[int]) -> list[tuple]:
+    if not ids:
+        return []
+    marks = ",".join(map(str, ids))
+    return my.execute(f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({marks})")
+
+
+ASTRAL = "héllo 😀 𝄞 中文"
+ALL_TYPES_DDL = """
+    id INT PRIMARY KEY, i2 SMALLINT, i8 BIGINT, u8 BIGINT UNSIGNED, f8 DOUBLE,
+    n DECIMAL(38,10), t LONGTEXT, b BOOLEAN, bin LONGBLOB, d DATE, ts DATETIME(6),
+    j JSON, tm TIME(6), e ENUM('x','y')
+"""
+
+
+def fill_all_types(my, name: str) -> None:
+    my.execute(f"CREATE TABLE {name} ({ALL_TYPES_DDL}) DEFAULT CHARSET=utf8mb4")
+    my.execute(
+        f"INSERT INTO {name} VALUES (1, -32768, 9223372036854775807, 18446744073709551615, 1.5, "
+        "'1234567890123456789012345678.0123456789', %s, TRUE, %s, '2024-02-29', "
+        "'2024-01-02 03:04:05.123456', '{\"k\": [1, \"😀\"]}', '12:34:56.5', 'y')",
+        [ASTRAL, b"\x00\xff\x00'\\"],
+    )
+    my.execute(f"INSERT INTO {name} (id, t) VALUES (2, '')")
+    my.execute(f"INSERT INTO {name} (id) VALUES (3)")
+
+
+EXPECTED_FIRST = {
+    "id": 1,
+    "i2": -32768,
+    "i8": 9223372036854775807,
+    "u8": 18446744073709551615,
+    "f8": 1.5,
+    "n": decimal.Decimal("1234567890123456789012345678.0123456789"),
+    "t": ASTRAL,
+    "b": True,
+    "bin": b"\x00\xff\x00'\\",
+    "d": dt.date(2024, 2, 29),
+    "ts": dt.datetime(2024, 1, 2, 3, 4, 5, 123456),
+    "tm": dt.time(12, 34, 56, 500000),
+    "e": "y",
+}
+
+
+def read_all(db, what: str) -> list[dict]:
+    out: list[dict] = []
+    for batch in db.batches(what):
+        out.extend(batch.to_pylist())
+    return out
+
+
+def test_read_maps_every_type_and_keeps_nulls(mysql_url, my, tables):
+    name = tables()
+    fill_all_types(my, name)
+    with open_backend(mysql_url) as db:
+        rows = read_all(db, name)
+        schema = db.schema(name)
+    first, second, third = sorted(rows, key=lambda r: r["id"])
+    for column, value in EXPECTED_FIRST.items():
+        assert first[column] == value, column
+    assert json.loads(first["j"]) == {"k": [1, "😀"]}
+    assert second["t"] == "" and second["bin"] is None
+    assert all(value is None for key, value in third.items() if key != "id")
+    assert schema.field("n").type == pa.decimal128(38, 10)
+    assert schema.field("b").type == pa.bool_()
+    assert schema.field("u8").type == pa.uint64()
+    assert schema.field("j").metadata == {b"membound.type": b"json"}
+
+
+def test_round_trip_keeps_types_and_values(mysql_url, my, tables):
+    source, target = tables(), tables()
+    fill_all_types(my, source)
+    with open_backend(mysql_url) as db:
+        result = db.write(target, db.batches(source), key="id")
+        assert result.created and result.rows == 3
+        assert read_all(db, f"SELECT * FROM {target} ORDER BY id") == read_all(
+            db, f"SELECT * FROM {source} ORDER BY id"
+        )
+    types = dict(
+        my.execute(
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            [target],
+        )
+    )
+    assert types["n"] == "decimal(38,10)" and types["bin"] == "longblob"
+    assert types["ts"] == "datetime(6)" and types["b"] == "tinyint(1)"
+    assert types["j"] in ("json", "longtext")  # MariaDB's JSON is LONGTEXT with a check
+
+
+def test_write_from_arrow_types_mysql_lacks(mysql_url, tables):
+    name = tables()
+    u = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    batch = pa.record_batch(
+        {
+            "u": pa.ExtensionArray.from_storage(
+                pa.uuid(), pa.array([u.bytes, None], pa.binary(16))
+            ),
+            "tz": pa.array(
+                [dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=2))), None],
+                pa.timestamp("us", tz="Europe/Paris"),
+            ),
+            "l": pa.array([["x", "😀"], None], pa.list_(pa.string())),
+            "j": pa.ExtensionArray.from_storage(pa.json_(), pa.array(['{"a": 1}', None])),
+        }
+    )
+    with open_backend(mysql_url) as db:
+        db.write(name, [batch])
+        rows = read_all(db, name)
+    assert rows[0]["u"] == str(u)
+    assert rows[0]["tz"] == dt.datetime(2024, 1, 1, 10)  # stored as UTC, read back naive
+    assert json.loads(rows[0]["l"]) == ["x", "😀"]
+    assert json.loads(rows[0]["j"]) == {"a": 1}
+    assert all(v is None for v in rows[1].values())
+
+
+def test_params_and_injection(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id INT, t TEXT)")
+    my.execute(f"INSERT INTO {name} VALUES (1, 'it''s'), (2, 'b'), (3, 'c')")
+    with open_backend(mysql_url) as db:
+        assert list(db.rows(f"SELECT id FROM {name} WHERE t = %s", ["it's"])) == [(1,)]
+        assert list(db.rows(f"SELECT id FROM {name} WHERE t = %s", ["x' OR '1'='1"])) == []
+        query = f"SELECT id FROM {name} WHERE id > %(low)s ORDER BY id"
+        assert list(db.rows(query, {"low": 1})) == [(2,), (3,)]
+
+
+def test_empty_result_yields_one_empty_batch_with_schema(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id INT, v VARCHAR(10))")
+    with open_backend(mysql_url) as db:
+        batches = list(db.batches(name))
+    assert len(batches) == 1 and batches[0].num_rows == 0
+    assert batches[0].schema.names == ["id", "v"]
+
+
+def fill_numbers(my, name: str, count: int) -> None:
+    my.execute(
+        f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, payload TEXT) "
+        f"SELECT seq AS id, REPEAT(MD5(seq), 4) AS payload FROM seq_1_to_{count}"
+    )
+
+
+def test_batches_are_sized_in_bytes(mysql_url, my, tables):
+    name = tables()
+    fill_numbers(my, name, 100000)
+    with open_backend(mysql_url, budget="16MB") as db:
+        sizes = [(b.num_rows, b.nbytes) for b in db.batches(name)]
+    target = 1_000_000  # 16MB / 16
+    assert sum(rows for rows, _ in sizes) == 100000
+    assert len(sizes) > 10
+    assert max(nbytes for _, nbytes in sizes) <= 1.2 * target
+
+
+def test_insert_statements_stay_under_max_allowed_packet(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id INT, payload LONGTEXT)")
+    with open_backend(mysql_url, budget="2GB") as db:
+        db.max_allowed_packet = 1_000_000  # pretend a small server limit
+        wide = pa.record_batch({"id": list(range(400)), "payload": ["é" * 5000] * 400})
+        assert db.write(name, [wide], mode="append").rows == 400
+    assert my.execute(f"SELECT COUNT(*), SUM(CHAR_LENGTH(payload)) FROM {name}") == [
+        (400, decimal.Decimal(400 * 5000))
+    ]
+
+
+# -- write modes ---------------------------------------------------------------------------------
+
+
+def numbers(start: int, stop: int, label: str = "v") -> pa.RecordBatch:
+    ids = list(range(start, stop))
+    return pa.record_batch({"id": pa.array(ids, pa.int64()), "v": [f"{label}{i}" for i in ids]})
+
+
+def leftover_build_tables(my) -> list[tuple]:
+    return my.execute(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+        "AND TABLE_NAME LIKE '\\_membound\\_%%'"
+    )
+
+
+def test_mode_fail_refuses_an_existing_table(mysql_url, tables):
+    name = tables()
+    with open_backend(mysql_url) as db:
+        assert db.write(name, [numbers(0, 3)]).created
+        with pytest.raises(TargetExistsError, match=name):
+            db.write(name, [numbers(3, 5)])
+        assert len(read_all(db, name)) == 3
+
+
+def test_mode_append_adds_rows(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id INT, v TEXT, extra VARCHAR(9) DEFAULT 'dflt')")
+    with open_backend(mysql_url) as db:
+        result = db.write(name, [numbers(0, 3), numbers(3, 5)], mode="append")
+        assert (result.rows, result.batches, result.created) == (5, 2, False)
+        with pytest.raises(SchemaError, match="nope"):
+            db.write(name, [pa.record_batch({"nope": [1]})], mode="append")
+    assert my.execute(f"SELECT COUNT(*), MIN(extra) FROM {name}") == [(5, "dflt")]
+
+
+def test_mode_replace_swaps_the_table(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (old_column INT)")
+    with open_backend(mysql_url) as db:
+        result = db.write(name, [numbers(0, 4)], mode="replace", key="id")
+        assert result.created and result.rows == 4
+        assert db.schema(name).names == ["id", "v"]
+    assert my.execute(f"SHOW KEYS FROM {name} WHERE Key_name = 'PRIMARY'")
+    assert leftover_build_tables(my) == []
+
+
+def test_replace_is_atomic_when_the_batch_stream_fails(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id BIGINT, v TEXT)")
+    my.execute(f"INSERT INTO {name} VALUES (1, 'old')")
+
+    def failing():
+        yield numbers(0, 1000)
+        yield numbers(1000, 2000)
+        raise RuntimeError("source died")
+
+    with open_backend(mysql_url) as db:
+        with pytest.raises(RuntimeError, match="source died"):
+            db.write(name, failing(), mode="replace")
+        assert busy(my, thread_ids(db)) == []
+    assert my.execute(f"SELECT * FROM {name}") == [(1, "old")]
+    assert leftover_build_tables(my) == []
+
+
+def test_replace_is_atomic_when_the_server_rejects_the_data(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id BIGINT, v TEXT)")
+    my.execute(f"INSERT INTO {name} VALUES (1, 'old')")
+    with open_backend(mysql_url) as db, pytest.raises(TargetError, match="Duplicate"):
+        db.write(name, [numbers(0, 10), numbers(5, 6)], mode="replace", key="id")
+    assert my.execute(f"SELECT * FROM {name}") == [(1, "old")]
+    assert leftover_build_tables(my) == []
+
+
+def test_mode_upsert_inserts_and_updates_on_key(mysql_url, tables):
+    name = tables()
+    with open_backend(mysql_url) as db:
+        first = pa.record_batch({"id": [1, 2, 2], "v": ["a", "b", "b2"]})
+        assert db.write(name, [first], mode="upsert", key="id").created
+        db.write(name, [pa.record_batch({"id": [2, 3], "v": ["B", "C"]})], mode="upsert", key="id")
+        assert list(db.rows(f"SELECT id, v FROM {name} ORDER BY id")) == [
+            (1, "a"),
+            (2, "B"),
+            (3, "C"),
+        ]
+
+
+def test_constraint_violation_mid_append_reports_what_was_committed(mysql_url, my, tables):
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, v TEXT)")
+    with open_backend(mysql_url) as db:
+        with pytest.raises(PartialWriteError) as caught:
+            db.write(
+                name,
+                [numbers(0, 100), numbers(100, 200), numbers(150, 250)],
+                mode="append",
+                key="id",
+            )
+        assert caught.value.rows_committed == 200
+        assert caught.value.resume_after == (199,)
+        assert "Duplicate" in str(caught.value)
+        ids = thread_ids(db)
+        assert busy(my, ids) == []
+    assert my.execute(f"SELECT COUNT(*) FROM {name}") == [(200,)]
+    assert alive(my, ids) == []
+
+
+# -- errors and connection hygiene -----------------------------------------------------------------
+
+
+def test_server_down_names_the_host_and_masks_the_password():
+    with pytest.raises(SourceError) as caught:
+        open_backend("mysql://someone:s3cretpw@127.0.0.1:1/test")
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message and "***" in message and "s3cretpw" not in message
+
+
+def test_unknown_database_is_not_found(mysql_url):
+    base = mysql_url.split("?", 1)[0].rsplit("/", 1)[0]
+    with pytest.raises(NotFoundError, match="mb_no_such_db"):
+        open_backend(f"{base}/mb_no_such_db")
+
+
+def test_wrong_password_is_refused_with_the_host(mysql_url):
+    parts = urlsplit(mysql_url)
+    url = f"mysql://mb_no_such_user:wrongpw@{parts.hostname}:{parts.port or 3306}{parts.path}"
+    with pytest.raises(SourceError) as caught:
+        open_backend(url)
+    assert "denied" in str(caught.value) and "wrongpw" not in str(caught.value)
+
+
+def test_missing_table_and_bad_sql(mysql_url, my):
+    with open_backend(mysql_url) as db:
+        with pytest.raises(NotFoundError, match="mb_no_such_table"):
+            next(db.batches("mb_no_such_table"))
+        with pytest.raises(QueryError, match="syntax"):
+            next(db.batches("SELECT FROM WHERE"))
+        assert busy(my, thread_ids(db)) == []
+        assert list(db.rows("SELECT 1")) == [(1,)]
+        ids = thread_ids(db)
+    assert alive(my, ids) == []
+
+
+def test_abandoned_stream_stops_the_server_without_reading_the_rest(mysql_url, my, tables):
+    name = tables()
+    fill_numbers(my, name, 300000)
+    with open_backend(mysql_url, budget="4MB") as db:
+        stream = db.batches(name)
+        next(stream)
+        started = time.perf_counter()
+        stream.close()
+        assert time.perf_counter() - started < 1.0
+        # A read and a write on the same backend at once use two connections.
+        copy = tables()
+        assert db.write(copy, db.batches(name)).rows == 300000
+        ids = thread_ids(db)
+        assert busy(my, ids) == []
+    assert alive(my, ids) == []
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+MEMORY_ROWS = 600_000  # ~200 MB as Arrow, ~600 MB as Python rows: far over the budget if held
+MEMORY_BUDGET = 32_000_000
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import pymysql, pyarrow
+    import membound.backends.mysql
+    from membound.backends.base import open_backend
+    from membound.memory import peak_rss_bytes, reset_peak, rss_bytes, warm_up
+
+    warm_up()
+    url, table, budget = sys.argv[1], sys.argv[2], sys.argv[3]
+    baseline = rss_bytes()
+    reset_peak()
+    rows = 0
+    with open_backend(url, budget=budget) as db:
+        for batch in db.batches(table):
+            rows += batch.num_rows
+    print(rows, peak_rss_bytes() - baseline)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def big_table(mysql_url):
+    name = f"mbtest_big_{uuid.uuid4().hex[:10]}"
+    helper = Plain(mysql_url)
+    # The shared benchmark's events table.
+    helper.execute(
+        f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, user_id INT NOT NULL, ts DATETIME(6) NOT "
+        "NULL, kind VARCHAR(16) NOT NULL, amount DOUBLE, payload TEXT, flag BOOLEAN) "
+        "SELECT seq AS id, (seq*7919)%100000 AS user_id, "
+        "TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq SECOND AS ts, "
+        "ELT(1+seq%4,'click','view','buy','share') AS kind, "
+        "IF(seq%10=0, NULL, (seq%1000)/7.0) AS amount, REPEAT(MD5(seq), 1+seq%6) AS payload, "
+        f"seq%3=0 AS flag FROM seq_1_to_{MEMORY_ROWS}"
+    )
+    yield name
+    helper.execute(f"DROP TABLE IF EXISTS {name}")
+    helper.conn.close()
+
+
+def read_in_child(url: str, table: str, budget: str) -> tuple[int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, url, table, budget],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_reading_stays_inside_the_budget(mysql_url, big_table):
+    rows, peak_above_baseline = read_in_child(mysql_url, big_table, str(MEMORY_BUDGET))
+    assert rows == MEMORY_ROWS
+    assert peak_above_baseline <= 1.1 * MEMORY_BUDGET, peak_above_baseline
+
+
+@pytest.mark.slow
+def test_the_memory_workload_would_exceed_the_budget_unbounded(mysql_url, big_table):
+    """Proof the test above can fail: with a huge budget (64 MB batches) it goes far over."""
+    rows, peak_above_baseline = read_in_child(mysql_url, big_table, "8GB")
+    assert rows == MEMORY_ROWS
+    assert peak_above_baseline > 2 * MEMORY_BUDGET
+
+
+# -- the same server through the generic SQLAlchemy backend ----------------------------------------
+
+
+@pytest.fixture
+def sqlalchemy_url(mysql_url) -> str:
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("MySQLdb", reason="mysqlclient not installed (mysql+mysqldb://)")
+    return "mysql+mysqldb://" + mysql_url.split("://", 1)[1]
+
+
+def test_sqlalchemy_backend_round_trip_and_modes(sqlalchemy_url, tables):
+    from membound.backends.sqlalchemy import SQLAlchemyBackend
+
+    name = tables()
+    with open_backend(sqlalchemy_url, budget="16MB") as db:
+        assert isinstance(db, SQLAlchemyBackend) and db.streams
+        first = pa.record_batch({"id": [1, 2], "v": [ASTRAL, None]})
+        assert db.write(name, [first], key="id").created
+        db.write(name, [pa.record_batch({"id": [2, 3], "v": ["B", "C"]})], mode="upsert", key="id")
+        assert list(db.rows(f"SELECT id, v FROM {name} ORDER BY id")) == [
+            (1, ASTRAL),
+            (2, "B"),
+            (3, "C"),
+        ]
+        with pytest.raises(PartialWriteError) as caught:
+            db.write(name, [numbers(10, 12), numbers(11, 12)], mode="append", key="id")
+        assert (caught.value.rows_committed, caught.value.resume_after) == (2, (11,))
+        with pytest.raises(NotFoundError):
+            next(db.batches("mb_no_such_table"))
+
+
+def test_sqlalchemy_backend_warns_when_the_dialect_cannot_stream(sqlalchemy_url):
+    with open_backend(sqlalchemy_url) as db:
+        db.streams = False  # as for a dialect without server-side cursors
+        with pytest.warns(ResourceWarning, match="mysql\\+mysqldb"):
+            list(db.batches("SELECT 1 AS one"))
