@@ -50,6 +50,20 @@ LARGE_VALUE_SHARE = 1 / 16
 MIN_LARGE_VALUE = 256 * 1024
 # Piece size for incremental blob I/O: big enough to amortise the call, small against any budget.
 BLOB_CHUNK = 1024 * 1024
+# The fast path (ADBC's C reader) cuts batches by row count, so its row count and the size at
+# which a value is fetched separately are chosen together: rows x text/blob columns x that size
+# never exceeds the batch target, whatever the data (see _fast_plan).
+FAST_MIN_ROWS = 64
+FAST_MAX_ROWS = 65_536
+# Headroom over the widest text/blob value seen in the sample, so ordinary variation in the
+# rest of the table stays on the fast path.
+FAST_WIDTH_HEADROOM = 4
+# Rows sampled to measure value widths before the fast path starts.
+FAST_SAMPLE_ROWS = 2_000
+# SQLite's page cache is memory too: each connection gets this share of the budget instead of
+# SQLite's default 2 MB, and at least 256 KiB (below that, scans re-read internal pages).
+PAGE_CACHE_SHARE = 1 / 64
+MIN_PAGE_CACHE = 256 * 1024
 # Prefix of tables built aside by "replace" and "fail" writes before the atomic rename.
 TEMP_PREFIX = "_membound_tmp_"
 
@@ -175,6 +189,7 @@ class SQLiteBackend(Backend):
                 uri = "file:" + _uri_path(self.path) + f"?mode={mode}"
                 conn = sqlite3.connect(uri, uri=True, isolation_level=None)
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.execute(f"PRAGMA cache_size = -{self._page_cache_kib()}")
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -184,6 +199,9 @@ class SQLiteBackend(Backend):
         self._conn = conn
         self._writable = write
         return conn
+
+    def _page_cache_kib(self) -> int:
+        return max(MIN_PAGE_CACHE, int(self.budget.max_memory * PAGE_CACHE_SHARE)) // 1024
 
     def close(self) -> None:
         if self._conn is not None:
@@ -316,11 +334,23 @@ class SQLiteBackend(Backend):
                 ).fetchone()
                 declared[name] = infer_type([row[0]]) if row else pa.string()
         schema = pa.schema([(name, declared[name]) for name in names])
+        has_rowid = self._has_rowid(table)
+        if has_rowid and self.path != ":memory:" and _adbc_sqlite() is not None:
+            return self._fast_table_batches(table, schema, budget)
+        return self._slow_table_batches(table, schema, budget, has_rowid=has_rowid)
+
+    def _slow_table_batches(
+        self, table: str, schema: pa.Schema, budget: Budget, *, has_rowid: bool,
+        after_rowid: int | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Row-by-row reading through ``sqlite3``, cut by each row's width measured in C."""
+        names = schema.names
+        qtable = quote_identifier(table)
         limit = max(MIN_LARGE_VALUE, int(budget.max_memory * LARGE_VALUE_SHARE))
         guarded = [
             i for i, field in enumerate(schema)
             if (pa.types.is_string(field.type) or pa.types.is_binary(field.type))
-        ] if self._has_rowid(table) else []
+        ] if has_rowid else []
         select = []
         for i, name in enumerate(names):
             q = quote_identifier(name)
@@ -336,13 +366,183 @@ class SQLiteBackend(Backend):
             for k, i in enumerate(guarded)
         ) or "0"
         rowid = "rowid, " if guarded else ""
+        where = f" WHERE rowid > {int(after_rowid)} ORDER BY rowid" if after_rowid is not None \
+            else ""
         sql = (
             f"SELECT {rowid}{', '.join(select)}, {width} AS {_WIDTH_COLUMN}, "
-            f"{big} AS {_BIG_COLUMN} FROM {qtable}"
+            f"{big} AS {_BIG_COLUMN} FROM {qtable}{where}"
         )
         return self._stream(
             sql, (), schema, budget, table=table, guarded=guarded, has_rowid=bool(guarded)
         )
+
+    def _fast_plan(self, table: str, schema: pa.Schema, budget: Budget) -> tuple[int, int]:
+        """Rows per batch and the large-value size for the fast path, from a sample of widths.
+
+        Every text/blob value above the returned size is fetched separately, so a batch holds
+        at most ``rows x (fixed-width bytes + text/blob columns x size)``: about the batch
+        target, whatever the rest of the table holds.
+        """
+        conn = self._connect(write=False)
+        variable = [f.name for f in schema if pa.types.is_string(f.type)
+                    or pa.types.is_binary(f.type)]
+        target = budget.sizer().target_bytes // 2
+        if not variable:
+            return FAST_MAX_ROWS, MIN_LARGE_VALUE
+        widest = " , ".join(
+            f"max(coalesce(length(CAST({quote_identifier(n)} AS BLOB)), 0))" for n in variable
+        )
+        sample = conn.execute(
+            f"SELECT {widest} FROM (SELECT {', '.join(map(quote_identifier, variable))} "
+            f"FROM {quote_identifier(table)} LIMIT {FAST_SAMPLE_ROWS})"
+        ).fetchone()
+        value_bytes = max(64, FAST_WIDTH_HEADROOM * max(sample or (0,)))
+        rows = target // (len(variable) * value_bytes)
+        rows = max(FAST_MIN_ROWS, min(FAST_MAX_ROWS, rows))
+        return rows, max(1, target // (rows * len(variable)))
+
+    def _fast_table_batches(
+        self, table: str, schema: pa.Schema, budget: Budget
+    ) -> Iterator[pa.RecordBatch]:
+        """Read a rowid table through ADBC's C reader, with large values fetched separately.
+
+        Falls back to the row-by-row path, from the last row read, if the data does not fit
+        ADBC's per-batch type inference (SQLite lets one column hold several types).
+        """
+        rows_per_batch, limit = self._fast_plan(table, schema, budget)
+        names = schema.names
+        guarded = [i for i, f in enumerate(schema)
+                   if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
+        select = []
+        for i, name in enumerate(names):
+            q = quote_identifier(name)
+            select.append(f"CASE WHEN length({q}) > {limit} THEN NULL ELSE {q} END AS {q}"
+                          if i in guarded else q)
+        # A guarded value comes back NULL when it is large. For NOT NULL columns that alone
+        # flags it; nullable ones also send whether the stored value is NULL, asked with
+        # typeof(): SQLite answers it from the record header, where "x IS NULL" would load a
+        # 20 MB value whole.
+        conn = self._connect(write=False)
+        not_null = {row[1] for row in conn.execute(
+            f"PRAGMA table_info({quote_identifier(table)})") if row[3]}
+        nullable = [i for i in guarded if names[i] not in not_null]
+        was_null = " + ".join(
+            f"(typeof({quote_identifier(names[i])}) = 'null') * {1 << k}"
+            for k, i in enumerate(nullable)
+        ) or "0"
+        sql = (f"SELECT rowid, {', '.join(select)}, {was_null} AS {_BIG_COLUMN} "
+               f"FROM {quote_identifier(table)} ORDER BY rowid")
+        return self._fast_stream(sql, table, schema, budget, rows_per_batch, guarded, nullable)
+
+    def _fast_stream(
+        self,
+        sql: str,
+        table: str,
+        schema: pa.Schema,
+        budget: Budget,
+        rows_per_batch: int,
+        guarded: Sequence[int],
+        nullable: Sequence[int],
+    ) -> Iterator[pa.RecordBatch]:
+        adbc = _adbc_sqlite()
+        sizer = budget.sizer()
+        last_rowid: int | None = None
+        pending: list[pa.RecordBatch] = []
+        pending_bytes = 0
+        fall_back = False
+        conn = adbc.connect("file:" + _uri_path(self.path) + "?mode=ro")
+        cursor = conn.cursor()
+        reader = None
+        try:
+            cursor.execute(f"PRAGMA cache_size = -{self._page_cache_kib()}")
+            cursor.adbc_statement.set_options(
+                **{"adbc.sqlite.query.batch_rows": str(rows_per_batch)})
+            try:
+                cursor.execute(sql)
+                reader = cursor.fetch_record_batch()
+            except Exception as exc:  # ADBC raises its own error classes
+                raise QueryError(f"SQLite rejected the query: {exc}") from None
+            while True:
+                try:
+                    raw = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except Exception:
+                    # A value of another type than the column's first values: ADBC cannot
+                    # carry it. Go on row by row after the last row read.
+                    fall_back = True
+                    break
+                if raw.num_rows == 0:
+                    continue
+                batch, first_large = self._fast_conform(raw, schema, guarded, nullable)
+                if first_large is not None:
+                    # A value too large for the fast path: the row-by-row path streams it by
+                    # blob I/O. Hand over to it from the row before, for the rest of the table.
+                    batch = batch.slice(0, first_large)
+                    if first_large:
+                        last_rowid = raw.column(0)[first_large - 1].as_py()
+                    fall_back = True
+                else:
+                    last_rowid = raw.column(0)[raw.num_rows - 1].as_py()
+                # ADBC's batches are sized for the worst case; merge them up to the target
+                # (one copy of a few MB) so sinks see batches of the size the budget means.
+                nbytes = batch_nbytes(batch)
+                if pending and pending_bytes + nbytes > sizer.target_bytes:
+                    yield self._observed(_concat(pending), sizer)
+                    pending, pending_bytes = [], 0
+                if batch.num_rows:
+                    pending.append(batch)
+                    pending_bytes += nbytes
+                del batch
+                if pending_bytes >= sizer.target_bytes or (fall_back and pending):
+                    yield self._observed(_concat(pending), sizer)
+                    pending, pending_bytes = [], 0
+                if fall_back:
+                    break
+            if pending:
+                yield self._observed(_concat(pending), sizer)
+                pending = []
+        finally:
+            if reader is not None:
+                reader.close()
+            cursor.close()
+            conn.close()
+        if not fall_back:
+            return
+        # SQLite lets a column hold several types, and ADBC types a column by its first batch:
+        # a later value of another type stops the fast reader. Large values also go this way.
+        yield from self._slow_table_batches(table, schema, budget, has_rowid=True,
+                                            after_rowid=last_rowid if last_rowid is not None
+                                            else -(2**63))
+
+    @staticmethod
+    def _fast_conform(
+        raw: pa.RecordBatch,
+        schema: pa.Schema,
+        guarded: Sequence[int],
+        nullable: Sequence[int],
+    ) -> tuple[pa.RecordBatch, int | None]:
+        """An ADBC batch in the schema's types, and the index of its first row whose large
+        value came back as NULL (None when there is none)."""
+        columns = [_conform(raw.column(i + 1), field) for i, field in enumerate(schema)]
+        batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+        was_null = raw.column(raw.num_columns - 1)
+        first: int | None = None
+        for i in guarded:
+            hole = columns[i].is_null()
+            if i in nullable:
+                bit = 1 << nullable.index(i)
+                hole = pc.and_(hole, pc.equal(pc.bit_wise_and(was_null, bit), 0))
+            if pc.any(hole).as_py():
+                index = pc.index(hole, True).as_py()
+                first = index if first is None else min(first, index)
+        return batch, first
+
+    @staticmethod
+    def _observed(batch: pa.RecordBatch, sizer: BatchSizer) -> pa.RecordBatch:
+        sizer.observe(batch.num_rows, batch_nbytes(batch))
+        sizer.check_memory("reading from SQLite")
+        return batch
 
     def _query_batches(self, query: str, params: Any, budget: Budget) -> Iterator[pa.RecordBatch]:
         names = self._query_columns(query, params)
@@ -600,6 +800,7 @@ class SQLiteBackend(Backend):
             if upsert_keys and batch.num_rows:
                 last = batch.slice(batch.num_rows - 1, 1).select(list(upsert_keys)).to_pylist()[0]
                 self._last_key = tuple(last.values())
+            del batch  # before the stream makes the next one (see copy._Meter.wrap)
             sizer.check_memory("writing to SQLite")
 
 
@@ -644,6 +845,50 @@ def _to_array(values: Sequence[Any], field: pa.Field) -> pa.Array:
             f"column {field.name!r} holds {repr(bad)[:80]} ({type(bad).__name__}), which does "
             f"not fit the column's type {arrow_type} (taken from its declared type or its first "
             f"rows); CAST it in a query to one type, e.g. CAST({field.name} AS TEXT)"
+        ) from None
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+_ADBC: Any = None
+
+
+def _adbc_sqlite() -> Any:
+    """ADBC's SQLite DB-API module, or None when it is not installed (the slow path is used)."""
+    global _ADBC
+    if _ADBC is None:
+        if os.environ.get("MEMBOUND_SQLITE_FAST", "1") == "0":
+            _ADBC = False
+            return None
+        try:
+            import adbc_driver_sqlite.dbapi as dbapi
+        except ImportError:
+            _ADBC = False
+        else:
+            _ADBC = dbapi
+    return _ADBC or None
+
+
+def _conform(array: pa.Array, field: pa.Field) -> pa.Array:
+    """An ADBC column as the schema's type (ADBC types by value: 0/1, ISO text, all-NULL...)."""
+    arrow_type = field.type
+    if array.type == arrow_type:
+        return array
+    try:
+        if pa.types.is_boolean(arrow_type) and pa.types.is_integer(array.type):
+            return pc.not_equal(array, 0)
+        if pa.types.is_null(array.type):
+            return pa.nulls(len(array), type=arrow_type)
+        return pc.cast(array, arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        bad = next((v for v in array.to_pylist() if v is not None
+                    and not _fits_one(v, field)), None)
+        raise SchemaError(
+            f"column {field.name!r} holds {repr(bad)[:80]} ({type(bad).__name__}), which does "
+            f"not fit the column's type {arrow_type}; CAST it in a query to one type, e.g. "
+            f"CAST({field.name} AS TEXT)"
         ) from None
 
 
@@ -772,3 +1017,8 @@ def _create_sql(table: str, schema: pa.Schema, keys: tuple[str, ...] | None) -> 
             )
         columns.append(f"PRIMARY KEY ({', '.join(map(quote_identifier, keys))})")
     return f"CREATE TABLE {quote_identifier(table)} ({', '.join(columns)})"
+
+
+# Import the fast path's driver with this module: it costs ~27 MB of RSS and three threads
+# once, which belong in the process's baseline rather than in the first budgeted read.
+_adbc_sqlite()
