@@ -4,8 +4,9 @@
 #   bash scripts/test.sh            # default suite (~5 min)
 #   bash scripts/test.sh -m slow    # extra pytest arguments pass through
 #
-# Server tests read MEMBOUND_TEST_POSTGRES_URL / MEMBOUND_TEST_MYSQL_URL / MEMBOUND_TEST_REDIS_URL
-# (local defaults) and skip when a server is absent, unless MEMBOUND_REQUIRE_SERVERS=1 (as in CI).
+# Server tests read MEMBOUND_TEST_POSTGRES_URL / MEMBOUND_TEST_MYSQL_URL / MEMBOUND_TEST_REDIS_URL /
+# MEMBOUND_TEST_MEMCACHED_URL (local defaults) and skip when a server is absent, unless
+# MEMBOUND_REQUIRE_SERVERS=1 (as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,postgres,mysql,sqlalchemy,codecs]'
+.venv/bin/python -m pip install --quiet -e '.[test,postgres,mysql,sqlalchemy,codecs,redis,memcached]'
 
 # Start the local servers the machine ships with if they stopped (no-ops when running or absent).
 if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
@@ -28,6 +29,24 @@ if command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; then
     mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break
     sleep 1
   done
+fi
+# The cache servers: Redis as the machine ships it, memcached from Debian's packages (installed
+# here when missing and we are root). Both listen on loopback only.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_for_port() { for _ in $(seq 1 20); do port_open "$1" && return 0; sleep 0.5; done; return 0; }
+if command -v redis-server >/dev/null 2>&1 && ! port_open 6379; then
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+  wait_for_port 6379
+fi
+if ! command -v memcached >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached; } \
+    >/dev/null || true
+fi
+if command -v memcached >/dev/null 2>&1 && ! port_open 11211; then
+  memcached -d -u "$(id -un)" -l 127.0.0.1 -p 11211 -m 64 || true
+  wait_for_port 11211
 fi
 
 exec .venv/bin/python -m pytest -m "not slow" "$@"

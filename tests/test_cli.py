@@ -87,6 +87,103 @@ def test_demo(tmp_path):
 
 def test_help_texts():
     runner = CliRunner()
-    for command in (["--help"], ["copy", "--help"], ["demo", "--help"]):
+    for command in (["--help"], ["copy", "--help"], ["demo", "--help"], ["codecs", "--help"]):
         result = runner.invoke(main, command)
         assert result.exit_code == 0 and "Example" in result.output or command == ["--help"]
+
+
+def test_copy_compress_and_decompress_columns(events_db, tmp_path):
+    packed, back = tmp_path / "packed.parquet", tmp_path / "back.parquet"
+    runner = CliRunner()
+    result = runner.invoke(main, ["copy", str(events_db), str(packed), "-t", "events",
+                                  "--compress", "payload=zstd", "--compress", "kind=msgpack"])
+    assert result.exit_code == 0, result.output
+    assert "encoded with 'zstd'" in result.output
+    assert str(pq.read_schema(packed).field("payload").type) == "binary"
+    result = runner.invoke(main, ["copy", str(packed), str(back), "--decompress", "payload",
+                                  "--decompress", "kind=string"])
+    assert result.exit_code == 0, result.output
+    restored = pq.read_table(back)
+    assert str(restored.schema.field("payload").type) == "string"
+    assert restored.column("kind").to_pylist()[:4] == ["view", "buy", "share", "click"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--compress", "payload"], "not COL=CODEC"),
+        (["--compress", "payload=zstd", "--compress", "payload=lz4"], "named twice"),
+        (["--compress", "nope=zstd"], "no column 'nope'"),
+        (["--compress", "payload=brotli"], "unknown codec"),
+        (["--decompress", "payload"], "not binary"),
+    ],
+)
+def test_column_codec_mistakes(events_db, tmp_path, args, message):
+    result = CliRunner().invoke(main, ["copy", str(events_db), str(tmp_path / "o.parquet"),
+                                       "-t", "events", *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_codecs_measures_and_recommends(events_db):
+    result = CliRunner().invoke(main, ["codecs", f"sqlite:///{events_db}", "--table", "events",
+                                       "--sample", "200kB"])
+    assert result.exit_code == 0, result.output
+    for codec in ("msgpack+zstd", "arrow+lz4", "pickle+gzip"):
+        assert codec in result.output
+    assert "recommended:" in result.output and "encode MB/s" in result.output
+
+
+def test_codecs_on_one_column(events_db):
+    result = CliRunner().invoke(main, ["codecs", str(events_db), "-t", "events",
+                                       "--column", "payload", "--sample", "100kB"])
+    assert result.exit_code == 0, result.output
+    assert "one value of column 'payload'" in result.output
+    assert "zstd" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--column", "nope"], "no column 'nope'"),
+        (["--sample", "lots"], "not a size"),
+        (["--query", "SELECT 1"], "not both"),
+    ],
+)
+def test_codecs_mistakes(events_db, args, message):
+    result = CliRunner().invoke(main, ["codecs", str(events_db), "-t", "events", *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_codecs_stops_reading_at_the_sample(events_db, monkeypatch):
+    import membound.codecs_bench as bench
+
+    pulled, closed = [], []
+    real_open = bench.open_backend
+
+    class Counting:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.backend.close()
+
+        def batches(self, *args, **kwargs):
+            try:
+                for batch in self.backend.batches(*args, **kwargs):
+                    pulled.append(batch.nbytes)
+                    yield batch
+            finally:
+                closed.append(True)
+
+    monkeypatch.setattr(bench, "open_backend", lambda url, **kw: Counting(real_open(url, **kw)))
+    result = CliRunner().invoke(main, ["codecs", str(events_db), "-t", "events",
+                                       "--sample", "20kB", "--rows-per-value", "50"])
+    assert result.exit_code == 0, result.output
+    assert closed == [True]
+    assert sum(pulled[:-1]) < 20_000 <= sum(pulled)  # the last batch read completed the sample

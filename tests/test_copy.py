@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import membound
 from membound import (
+    CodecError,
     ConfigurationError,
     CorruptFileError,
     NotFoundError,
@@ -15,6 +17,8 @@ from membound import (
     TargetExistsError,
     URLError,
 )
+from membound.codecs import decode_any
+from membound.copy import ColumnCodecs
 from membound.demo import event_batches
 
 
@@ -97,3 +101,74 @@ def test_option_conflicts(events_db, tmp_path):
     with pytest.raises(ConfigurationError, match="mode"):
         membound.copy(events_db, tmp_path / "x.csv", source_table="events",
                       mode="merge")  # type: ignore[arg-type]
+
+
+def test_column_codecs_round_trip_through_parquet(events_db, tmp_path):
+    packed = tmp_path / "packed.parquet"
+    report = membound.copy(f"sqlite:///{events_db}?table=events", packed,
+                           compress={"payload": "zstd", "ts": "msgpack+lz4"})
+    assert "column 'payload' encoded with 'zstd'" in report.notes
+    schema = pq.read_schema(packed)
+    assert schema.field("payload").type == pa.binary()
+    assert schema.field("payload").metadata[b"membound.codec"] == b"zstd"
+    first = pq.read_table(packed).column("payload")[0].as_py()
+    assert decode_any(first) == sqlite3.connect(events_db).execute(
+        "SELECT payload FROM events ORDER BY id LIMIT 1").fetchone()[0].encode()
+
+    back = tmp_path / "back.parquet"
+    membound.copy(packed, back, decompress=["payload", "ts"])
+    restored = pq.read_table(back)
+    assert restored.schema.field("payload").type == pa.string()
+    assert restored.schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    assert b"membound.codec" not in (restored.schema.field("payload").metadata or {})
+    direct = tmp_path / "direct.parquet"
+    membound.copy(f"sqlite:///{events_db}?table=events", direct)
+    assert restored.equals(pq.read_table(direct))
+
+
+def test_column_codecs_through_a_database_need_the_type(events_db, tmp_path):
+    packed, back = tmp_path / "packed.db", tmp_path / "back.db"
+    membound.copy(f"sqlite:///{events_db}?table=events", f"sqlite:///{packed}",
+                  compress={"payload": "zstd"})
+    conn = sqlite3.connect(packed)
+    assert conn.execute("SELECT typeof(payload) FROM events LIMIT 1").fetchone() == ("blob",)
+    # SQLite keeps no Arrow metadata: bytes come back unless the type is named.
+    membound.copy(f"sqlite:///{packed}?table=events", f"sqlite:///{back}",
+                  decompress={"payload": "string"})
+    query = "SELECT id, payload FROM events ORDER BY id"
+    assert (sqlite3.connect(back).execute(query).fetchall()
+            == sqlite3.connect(events_db).execute(query).fetchall())
+
+
+def test_column_codecs_stream_batch_by_batch():
+    seen = []
+
+    def batches():
+        for batch in event_batches(30_000):
+            seen.append(batch.num_rows)
+            yield batch
+
+    stream = ColumnCodecs({"payload": "zstd"}).wrap(batches())
+    first = next(stream)
+    assert seen == [first.num_rows]  # nothing read ahead
+    stream.close()
+
+
+def test_column_codec_mistakes(events_db, tmp_path):
+    out = tmp_path / "o.parquet"
+    source = f"sqlite:///{events_db}?table=events"
+    with pytest.raises(ConfigurationError, match="no column 'nope'.*id, user_id"):
+        membound.copy(source, out, compress={"nope": "zstd"})
+    with pytest.raises(ConfigurationError, match="is int64.*msgpack\\+zstd"):
+        membound.copy(source, out, compress={"id": "zstd"})
+    with pytest.raises(ConfigurationError, match="not binary"):
+        membound.copy(source, out, decompress=["kind"])
+    with pytest.raises(ConfigurationError, match="both"):
+        membound.copy(source, out, compress={"kind": "zstd"}, decompress=["kind"])
+    with pytest.raises(ConfigurationError, match="does not fit a column"):
+        membound.copy(source, out, compress={"kind": "arrow"})
+    with pytest.raises(ConfigurationError, match="not an Arrow type"):
+        membound.copy(source, out, decompress={"payload": "text!"})
+    with pytest.raises(CodecError, match="unknown codec"):
+        membound.copy(source, out, compress={"kind": "brotli"})
+    assert not out.exists()

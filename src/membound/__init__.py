@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from membound.backends.base import Backend, WriteResult, open_backend
 from membound.budget import BatchSizer, Budget, format_size, parse_size
+from membound.cache import Cache
 from membound.copy import copy
 from membound.errors import (
     CodecError,
@@ -34,6 +35,7 @@ __all__ = [
     "Backend",
     "BatchSizer",
     "Budget",
+    "Cache",
     "CodecError",
     "ConfigurationError",
     "CorruptFileError",

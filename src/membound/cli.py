@@ -89,6 +89,12 @@ def main() -> None:
 @click.option("--mode", type=_MODES, default="fail", show_default=True,
               help="When the target exists: fail, append, replace (atomic) or upsert (--key).")
 @click.option("--key", "keys", multiple=True, help="Key column(s) for --mode upsert.")
+@click.option("--compress", "compress", multiple=True, metavar="COL=CODEC",
+              help="Encode column COL with CODEC on the way (zstd, lz4, msgpack+zstd...); "
+                   "repeat for more columns.")
+@click.option("--decompress", "decompress", multiple=True, metavar="COL[=TYPE]",
+              help="Decode column COL, written by --compress, back to its type (or TYPE: "
+                   "string, int64...); repeat for more columns.")
 @click.option("--report-json", type=click.Path(dir_okay=False),
               help="Also save the run report as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -103,6 +109,8 @@ def copy_command(
     policy: str,
     mode: str,
     keys: tuple[str, ...],
+    compress: tuple[str, ...],
+    decompress: tuple[str, ...],
     report_json: str | None,
     quiet: bool,
 ) -> None:
@@ -113,12 +121,17 @@ def copy_command(
     .arrow; .db/.sqlite are SQLite). Name a table with --table or ?table= in the URL.
 
     \b
-    Example:
+    Examples:
       membound copy sqlite:///app.db events.parquet --table events --max-memory 64MB
+      membound copy app.db archive.parquet -t events --compress payload=zstd
+      membound copy archive.parquet sqlite:///back.db --target-table events --decompress payload
     """
     from membound.copy import copy
 
     budget = _budget(max_memory, policy)
+    column_codecs = _pairs(compress, "--compress", "COL=CODEC, e.g. payload=zstd", required=True)
+    column_types = _pairs(decompress, "--decompress", "COL or COL=TYPE, e.g. payload=string",
+                          required=False)
     if query and table:
         raise click.UsageError("give --query or --table for the source, not both; use "
                                "--target-table to name the target")
@@ -136,10 +149,80 @@ def copy_command(
                 mode=mode,  # type: ignore[arg-type]
                 key=keys or None,
                 progress=progress,
+                compress=column_codecs or None,
+                decompress=column_types or None,
             )
     except MemboundError as exc:
         raise click.ClickException(str(exc)) from None
     _show(report, report_json)
+
+
+def _pairs(
+    values: tuple[str, ...], option: str, form: str, *, required: bool
+) -> dict[str, str | None]:
+    """``("payload=zstd", "body")`` -> ``{"payload": "zstd", "body": None}``, checked."""
+    pairs: dict[str, str | None] = {}
+    for value in values:
+        column, equals, setting = value.partition("=")
+        column, setting = column.strip(), setting.strip()
+        if not column or (equals and not setting) or (required and not equals):
+            raise click.BadParameter(f"{value!r} is not {form}", param_hint=option)
+        if column in pairs:
+            raise click.BadParameter(f"column {column!r} is named twice", param_hint=option)
+        pairs[column] = setting or None
+    return pairs
+
+
+@main.command("codecs")
+@click.argument("source")
+@click.option("--table", "-t", help="The table to sample (default: the URL's ?table= or the only "
+                                    "table).")
+@click.option("--query", "-q", help="SQL whose result to sample instead of a table.")
+@click.option("--param", "params", multiple=True, help="A query parameter (repeat, in order).")
+@click.option("--column", "-c", help="Measure one column's values (as copy --compress encodes "
+                                     "them) instead of pages of rows.")
+@click.option("--sample", default="10MB", show_default=True,
+              help="How much of the source to read (Arrow size): 10MB, 1MiB or bytes.")
+@click.option("--rows-per-value", default=1000, show_default=True, type=click.IntRange(1),
+              help="Rows in one value when measuring rows (a cached query result).")
+def codecs_command(
+    source: str,
+    table: str | None,
+    query: str | None,
+    params: tuple[str, ...],
+    column: str | None,
+    sample: str,
+    rows_per_value: int,
+) -> None:
+    """Measure every serializer x compressor on a sample of SOURCE and recommend one.
+
+    Reads at most --sample bytes of a table or query (then stops reading), and for each codec
+    prints the encoded size, its ratio to the sample's Arrow size, encode and decode speed
+    and the peak memory of one value's round trip. Without --column a value is a page of
+    rows, as Cache.query stores them; with --column it is one value of that column.
+
+    \b
+    Examples:
+      membound codecs sqlite:///app.db --table events
+      membound codecs app.db -t events --column payload --sample 2MB
+    """
+    from rich.console import Console
+
+    from membound.budget import parse_size
+    from membound.codecs_bench import measure_codecs
+
+    if query and table:
+        raise click.UsageError("give --query or --table, not both")
+    try:
+        parse_size(sample)
+    except MemboundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sample") from None
+    try:
+        report = measure_codecs(source, query=query, params=list(params) or None, table=table,
+                                column=column, sample=sample, rows_per_value=rows_per_value)
+    except MemboundError as exc:
+        raise click.ClickException(str(exc)) from None
+    Console(width=max(100, Console().width)).print(report)
 
 
 @main.command("demo")
