@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from membound.budget import Budget, BatchSizer
+from membound.budget import BatchSizer, Budget
 from membound.errors import SchemaError
 
 __all__ = [

@@ -6,7 +6,7 @@ sentence that says what went wrong and what to do about it::
     MemboundError
      ├── ConfigurationError          a bad option value (also a ValueError)
      │    └── URLError               a URL that names no backend or cannot be parsed
-     ├── MissingDriverError          a driver is not installed (also an ImportError); names the extra
+     ├── MissingDriverError          a driver is missing (also an ImportError); names the extra
      ├── SourceError                 reading failed
      │    ├── NotFoundError          a missing file, table or database
      │    ├── QueryError             the database rejected the query
@@ -14,7 +14,7 @@ sentence that says what went wrong and what to do about it::
      ├── TargetError                 writing failed; the target is left as it was
      │    ├── TargetExistsError      the target exists and the mode is "fail"
      │    └── PartialWriteError      an "append" failed after some batches were committed
-     ├── SchemaError                 a value or column that does not fit the schema (also a TypeError)
+     ├── SchemaError                 a value or column that does not fit (also a TypeError)
      ├── MemoryBudgetExceeded        the process went over its budget under policy="raise"
      └── CodecError                  a payload that cannot be encoded or decoded (also a ValueError)
 """
