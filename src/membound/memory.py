@@ -195,7 +195,6 @@ class measure(contextlib.ContextDecorator):  # noqa: N801 - used like a function
         self._stack: list[tuple[Measurement, RSSSampler | None, bool, float]] = []
 
     def __enter__(self) -> Measurement:
-        warm_up()
         m = Measurement(start_rss=rss_bytes())
         exact = reset_peak()
         sampler = None
@@ -259,31 +258,42 @@ def gc_paused() -> Iterator[None]:
 
 
 _warmed_up = False
+_warmed_up_conversion = False
 
 
-def warm_up() -> None:
-    """Pay one-time import costs now rather than inside a measured region.
+def warm_up(*, conversion: bool = True) -> None:
+    """Pay one-time costs now rather than inside a measured region.
 
-    pyarrow imports pandas (and numpy) on its first conversion of Python objects when pandas is
-    installed, which adds about 50 MB of RSS once. membound calls this before it records the
-    baseline a budget is measured from.
+    The first Parquet write and read page in libparquet/libarrow code (a few MB, file-backed
+    and shared: not data) and the compute registry initialises (~1 MB).
+    ``conversion=True`` also converts a Python list to Arrow once: pyarrow then imports pandas
+    (and numpy) if installed, about 50 MB, once per process. Paths that never convert Python
+    objects (the SQLite fast path, Parquet and Arrow files) pass False and so never import
+    pandas. membound calls this before it records the baseline a budget is measured from.
     """
-    global _warmed_up
-    if not _warmed_up:
-        _warmed_up = True
-        with contextlib.suppress(ImportError):
-            import pyarrow as pa
+    global _warmed_up, _warmed_up_conversion
+    with contextlib.suppress(ImportError):
+        import pyarrow as pa
+
+        if not _warmed_up:
+            _warmed_up = True
             import pyarrow.compute as pc
             import pyarrow.parquet as pq
 
-            # The compute registry initialises on first use (about 1 MB), and the first
-            # Parquet write and read page in ~30 MB of libparquet/libarrow code (file-backed,
-            # shared, reclaimable: not data). Pay both here, before any baseline is taken.
-            sample = pa.table({"i": [1], "s": ["warm"], "b": [b"up"], "f": [0.5]})
+            sample = pa.Table.from_arrays(
+                [pa.nulls(1, pa.int64()), pa.nulls(1, pa.string()), pa.nulls(1, pa.binary())],
+                names=["i", "s", "b"],
+            )
             pc.binary_length(sample.column("b"))
             sink = pa.BufferOutputStream()
             pq.write_table(sample, sink, compression="zstd")
-            pq.read_table(pa.BufferReader(sink.getvalue()))
+            # Not pq.read_table: it imports pandas to look for pandas metadata (~40 MB).
+            reader = pq.ParquetFile(pa.BufferReader(sink.getvalue()))
+            for _ in reader.iter_batches(use_threads=False):
+                pass
+        if conversion and not _warmed_up_conversion:
+            _warmed_up_conversion = True
+            pa.array([0, "warm"[:0] or None])
 
 
 # glibc serves allocations at least this big by mmap, so they go back to the OS when freed.

@@ -141,7 +141,7 @@ class FileBackend(Backend):
         if params:
             raise ConfigurationError("params go with SQL queries; a file takes none")
         share = PARQUET_BATCH_SHARE if self.format == "parquet" else 1.0
-        sizer = self._budget(budget).sizer(share=share)
+        sizer = self._budget(budget).sizer(share=share, conversion=False)
         schema, stream = self._open(sizer)
         return self._guarded(rebatch(stream, sizer), sizer, schema)
 
@@ -149,7 +149,7 @@ class FileBackend(Backend):
         """The file's schema: Parquet and Arrow from their metadata, CSV and JSONL from their
         first block (where the types are inferred). Raises like :meth:`batches`."""
         self._check_table(query_or_table)
-        schema, stream = self._open(self.budget.sizer(), schema_only=True)
+        schema, stream = self._open(self.budget.sizer(conversion=False), schema_only=True)
         _close(stream)
         return schema
 
@@ -323,7 +323,7 @@ class FileBackend(Backend):
         result = WriteResult(table=str(target), mode=mode, created=not existed)
         temp = _create_temp(target)
         try:
-            sizer = self._budget(budget).sizer()
+            sizer = self._budget(budget).sizer(conversion=False)
             # A RecordBatchReader states its schema, which an empty stream then still writes.
             hint = getattr(batches, "schema", None)
             append = existed and mode == "append"

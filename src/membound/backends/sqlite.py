@@ -386,7 +386,7 @@ class SQLiteBackend(Backend):
         conn = self._connect(write=False)
         variable = [f.name for f in schema if pa.types.is_string(f.type)
                     or pa.types.is_binary(f.type)]
-        target = budget.sizer().target_bytes // 2
+        target = budget.sizer(conversion=False).target_bytes // 2
         if not variable:
             return FAST_MAX_ROWS, MIN_LARGE_VALUE
         widest = " , ".join(
@@ -426,11 +426,11 @@ class SQLiteBackend(Backend):
         not_null = {row[1] for row in conn.execute(
             f"PRAGMA table_info({quote_identifier(table)})") if row[3]}
         nullable = [i for i in guarded if names[i] not in not_null]
-        was_null = " + ".join(
-            f"(typeof({quote_identifier(names[i])}) = 'null') * {1 << k}"
+        stored = "".join(
+            f", (typeof({quote_identifier(names[i])}) <> 'null') AS {_BIG_COLUMN}_{k}"
             for k, i in enumerate(nullable)
-        ) or "0"
-        sql = (f"SELECT rowid, {', '.join(select)}, {was_null} AS {_BIG_COLUMN} "
+        )
+        sql = (f"SELECT rowid, {', '.join(select)}{stored} "
                f"FROM {quote_identifier(table)} ORDER BY rowid")
         return self._fast_stream(sql, table, schema, budget, rows_per_batch, guarded, nullable)
 
@@ -445,22 +445,29 @@ class SQLiteBackend(Backend):
         nullable: Sequence[int],
     ) -> Iterator[pa.RecordBatch]:
         adbc = _adbc_sqlite()
-        sizer = budget.sizer()
+        sizer = budget.sizer(conversion=False)
         last_rowid: int | None = None
         pending: list[pa.RecordBatch] = []
         pending_bytes = 0
         fall_back = False
-        conn = adbc.connect("file:" + _uri_path(self.path) + "?mode=ro")
-        cursor = conn.cursor()
+        # The driver's low-level API: its DB-API layer imports pandas (~50 MB) for nothing.
+        handles: list[Any] = []
         reader = None
         try:
-            cursor.execute(f"PRAGMA cache_size = -{self._page_cache_kib()}")
-            cursor.adbc_statement.set_options(
-                **{"adbc.sqlite.query.batch_rows": str(rows_per_batch)})
             try:
-                cursor.execute(sql)
-                reader = cursor.fetch_record_batch()
-            except Exception as exc:  # ADBC raises its own error classes
+                database = adbc.sqlite.connect("file:" + _uri_path(self.path) + "?mode=ro")
+                handles.append(database)
+                connection = adbc.manager.AdbcConnection(database)
+                handles.append(connection)
+                statement = adbc.manager.AdbcStatement(connection)
+                handles.append(statement)
+                statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows_per_batch)})
+                statement.set_sql_query(f"PRAGMA cache_size = -{self._page_cache_kib()}")
+                statement.execute_update()
+                statement.set_sql_query(sql)
+                stream, _ = statement.execute_query()
+                reader = pa.RecordBatchReader._import_from_c(stream.address)
+            except adbc.manager.Error as exc:
                 raise QueryError(f"SQLite rejected the query: {exc}") from None
             while True:
                 try:
@@ -505,8 +512,8 @@ class SQLiteBackend(Backend):
         finally:
             if reader is not None:
                 reader.close()
-            cursor.close()
-            conn.close()
+            for handle in reversed(handles):
+                handle.close()
         if not fall_back:
             return
         # SQLite lets a column hold several types, and ADBC types a column by its first batch:
@@ -526,15 +533,16 @@ class SQLiteBackend(Backend):
         value came back as NULL (None when there is none)."""
         columns = [_conform(raw.column(i + 1), field) for i, field in enumerate(schema)]
         batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-        was_null = raw.column(raw.num_columns - 1)
         first: int | None = None
+        # No Python scalars here (pc.equal(x, 0) and the like): pyarrow's first conversion of
+        # a Python value imports pandas, ~50 MB this path otherwise never needs.
         for i in guarded:
             hole = columns[i].is_null()
             if i in nullable:
-                bit = 1 << nullable.index(i)
-                hole = pc.and_(hole, pc.equal(pc.bit_wise_and(was_null, bit), 0))
+                stored = raw.column(len(schema) + 1 + nullable.index(i))
+                hole = pc.and_(hole, pc.cast(stored, pa.bool_()))
             if pc.any(hole).as_py():
-                index = pc.index(hole, True).as_py()
+                index = pc.indices_nonzero(hole)[0].as_py()
                 first = index if first is None else min(first, index)
         return batch, first
 
@@ -856,18 +864,22 @@ _ADBC: Any = None
 
 
 def _adbc_sqlite() -> Any:
-    """ADBC's SQLite DB-API module, or None when it is not installed (the slow path is used)."""
+    """ADBC's SQLite driver (``.sqlite``) and driver manager (``.manager``), or None when not
+    installed or turned off with ``MEMBOUND_SQLITE_FAST=0`` (the row-by-row path is used)."""
     global _ADBC
     if _ADBC is None:
         if os.environ.get("MEMBOUND_SQLITE_FAST", "1") == "0":
             _ADBC = False
             return None
         try:
-            import adbc_driver_sqlite.dbapi as dbapi
+            import adbc_driver_manager
+            import adbc_driver_sqlite
         except ImportError:
             _ADBC = False
         else:
-            _ADBC = dbapi
+            import types
+
+            _ADBC = types.SimpleNamespace(sqlite=adbc_driver_sqlite, manager=adbc_driver_manager)
     return _ADBC or None
 
 
@@ -878,7 +890,7 @@ def _conform(array: pa.Array, field: pa.Field) -> pa.Array:
         return array
     try:
         if pa.types.is_boolean(arrow_type) and pa.types.is_integer(array.type):
-            return pc.not_equal(array, 0)
+            return pc.cast(array, pa.bool_())
         if pa.types.is_null(array.type):
             return pa.nulls(len(array), type=arrow_type)
         return pc.cast(array, arrow_type)
@@ -1019,6 +1031,5 @@ def _create_sql(table: str, schema: pa.Schema, keys: tuple[str, ...] | None) -> 
     return f"CREATE TABLE {quote_identifier(table)} ({', '.join(columns)})"
 
 
-# Import the fast path's driver with this module: it costs ~27 MB of RSS and three threads
-# once, which belong in the process's baseline rather than in the first budgeted read.
+# Import the fast path's driver with this module, so its one-time cost is in the baseline.
 _adbc_sqlite()
