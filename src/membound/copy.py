@@ -22,6 +22,7 @@ from membound.budget import DEFAULT_MAX_MEMORY, Budget, Policy
 from membound.codecs import Codec, decode_column, encode_column, get_codec
 from membound.errors import CodecError, ConfigurationError, SchemaError
 from membound.memory import RSSSampler, measure, system_arrow_pool, warm_up
+from membound.prefetch import prefetch
 from membound.report import RunReport
 from membound.urls import backend_class, parse_url
 
@@ -121,7 +122,10 @@ def copy(
         t0 = time.perf_counter()
         writer.write(
             to_table,
-            column_codecs.wrap(meter.wrap(reader.batches(what, params, budget=budget))),
+            column_codecs.wrap(meter.wrap(prefetch(
+                reader.batches(what, params, budget=budget),
+                alone=lambda batch: batch_nbytes(batch) > budget.batch_bytes,
+            ))),
             mode=mode,
             key=key,
             budget=budget,

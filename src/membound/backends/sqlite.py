@@ -60,6 +60,11 @@ FAST_MAX_ROWS = 65_536
 FAST_WIDTH_HEADROOM = 4
 # Rows sampled to measure value widths before the fast path starts.
 FAST_SAMPLE_ROWS = 2_000
+# After this many restarts around held-back values, if they come more often than one per
+# FAST_ROWS_PER_RESTART rows, the row-by-row path reads the rest: a restart costs a new
+# statement, and rows that come one at a time are what that path is for.
+FAST_MAX_RESTARTS = 100
+FAST_ROWS_PER_RESTART = 10_000
 # SQLite's page cache is memory too: each connection gets this share of the budget instead of
 # SQLite's default 2 MB, and at least 256 KiB (below that, scans re-read internal pages).
 PAGE_CACHE_SHARE = 1 / 64
@@ -183,11 +188,15 @@ class SQLiteBackend(Backend):
                 )
         try:
             if memory:
-                conn = sqlite3.connect(":memory:", isolation_level=None)
+                conn = sqlite3.connect(":memory:", isolation_level=None,
+                                       check_same_thread=False)
             else:
                 mode = "rwc" if write else "ro"
                 uri = "file:" + _uri_path(self.path) + f"?mode={mode}"
-                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+                # A copy reads on a prefetch thread; the connection is never used by two
+                # threads at once, which is all sqlite3's same-thread check guards against.
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                       check_same_thread=False)
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             conn.execute(f"PRAGMA cache_size = -{self._page_cache_kib()}")
         except sqlite3.DatabaseError as exc:
@@ -341,7 +350,7 @@ class SQLiteBackend(Backend):
 
     def _slow_table_batches(
         self, table: str, schema: pa.Schema, budget: Budget, *, has_rowid: bool,
-        after_rowid: int | None = None,
+        after_rowid: int | None = None, until_rowid: int | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Row-by-row reading through ``sqlite3``, cut by each row's width measured in C."""
         names = schema.names
@@ -366,8 +375,12 @@ class SQLiteBackend(Backend):
             for k, i in enumerate(guarded)
         ) or "0"
         rowid = "rowid, " if guarded else ""
-        where = f" WHERE rowid > {int(after_rowid)} ORDER BY rowid" if after_rowid is not None \
-            else ""
+        where = ""
+        if after_rowid is not None:
+            where = f" WHERE rowid > {int(after_rowid)}"
+            if until_rowid is not None:
+                where += f" AND rowid <= {int(until_rowid)}"
+            where += " ORDER BY rowid"
         sql = (
             f"SELECT {rowid}{', '.join(select)}, {width} AS {_WIDTH_COLUMN}, "
             f"{big} AS {_BIG_COLUMN} FROM {qtable}{where}"
@@ -376,83 +389,142 @@ class SQLiteBackend(Backend):
             sql, (), schema, budget, table=table, guarded=guarded, has_rowid=bool(guarded)
         )
 
-    def _fast_plan(self, table: str, schema: pa.Schema, budget: Budget) -> tuple[int, int]:
-        """Rows per batch and the large-value size for the fast path, from a sample of widths.
-
-        Every text/blob value above the returned size is fetched separately, so a batch holds
-        at most ``rows x (fixed-width bytes + text/blob columns x size)``: about the batch
-        target, whatever the rest of the table holds.
-        """
-        conn = self._connect(write=False)
-        variable = [f.name for f in schema if pa.types.is_string(f.type)
-                    or pa.types.is_binary(f.type)]
-        target = budget.sizer(conversion=False).target_bytes // 2
-        if not variable:
-            return FAST_MAX_ROWS, MIN_LARGE_VALUE
-        widest = " , ".join(
-            f"max(coalesce(length(CAST({quote_identifier(n)} AS BLOB)), 0))" for n in variable
-        )
-        sample = conn.execute(
-            f"SELECT {widest} FROM (SELECT {', '.join(map(quote_identifier, variable))} "
-            f"FROM {quote_identifier(table)} LIMIT {FAST_SAMPLE_ROWS})"
-        ).fetchone()
-        value_bytes = max(64, FAST_WIDTH_HEADROOM * max(sample or (0,)))
-        rows = target // (len(variable) * value_bytes)
-        rows = max(FAST_MIN_ROWS, min(FAST_MAX_ROWS, rows))
-        return rows, max(1, target // (rows * len(variable)))
-
     def _fast_table_batches(
         self, table: str, schema: pa.Schema, budget: Budget
     ) -> Iterator[pa.RecordBatch]:
-        """Read a rowid table through ADBC's C reader, with large values fetched separately.
+        """Read a rowid table through ADBC's C reader; large values by the row-by-row path.
 
-        Falls back to the row-by-row path, from the last row read, if the data does not fit
-        ADBC's per-batch type inference (SQLite lets one column hold several types).
+        ADBC cuts batches by row count, so the row count and the size above which a text/blob
+        value is held back are chosen together: rows x text/blob columns x that size never
+        exceeds the batch target, whatever the table holds. A held-back value's row is read by
+        the row-by-row path (blob I/O), then ADBC resumes after it, with a wider limit when the
+        value was only moderately wide.
         """
-        rows_per_batch, limit = self._fast_plan(table, schema, budget)
         names = schema.names
         guarded = [i for i, f in enumerate(schema)
                    if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
+        conn = self._connect(write=False)
+        not_null = {row[1] for row in conn.execute(
+            f"PRAGMA table_info({quote_identifier(table)})") if row[3]}
+        nullable = [i for i in guarded if names[i] not in not_null]
+        sizer = budget.sizer(conversion=False)
+        value_bytes = self._widest_value(table, [names[i] for i in guarded],
+                                         f"(SELECT * FROM {quote_identifier(table)} "
+                                         f"LIMIT {FAST_SAMPLE_ROWS})")
+        return self._fast_stream(table, schema, budget, sizer, guarded, nullable,
+                                 FAST_WIDTH_HEADROOM * value_bytes)
+
+    def _widest_value(self, table: str, columns: Sequence[str], source: str) -> int:
+        """Bytes of the widest value of ``columns`` in ``source`` (a table or subquery)."""
+        if not columns:
+            return 0
+        widest = ", ".join(
+            f"max(coalesce(length(CAST({quote_identifier(n)} AS BLOB)), 0))" for n in columns
+        )
+        row = self._connect(write=False).execute(f"SELECT {widest} FROM {source}").fetchone()
+        return max(value or 0 for value in row)
+
+    def _fast_plan(self, target: int, nvariable: int, value_bytes: int) -> tuple[int, int]:
+        """Rows per ADBC batch and the held-back size, for values up to ``value_bytes``."""
+        if not nvariable:
+            return FAST_MAX_ROWS, MIN_LARGE_VALUE
+        rows = target // (nvariable * max(64, value_bytes))
+        rows = max(FAST_MIN_ROWS, min(FAST_MAX_ROWS, rows))
+        return rows, max(1, target // (rows * nvariable))
+
+    def _fast_sql(self, table: str, schema: pa.Schema, guarded: Sequence[int],
+                  nullable: Sequence[int], limit: int, after: int | None) -> str:
+        names = schema.names
         select = []
         for i, name in enumerate(names):
             q = quote_identifier(name)
             select.append(f"CASE WHEN length({q}) > {limit} THEN NULL ELSE {q} END AS {q}"
                           if i in guarded else q)
-        # A guarded value comes back NULL when it is large. For NOT NULL columns that alone
-        # flags it; nullable ones also send whether the stored value is NULL, asked with
-        # typeof(): SQLite answers it from the record header, where "x IS NULL" would load a
-        # 20 MB value whole.
-        conn = self._connect(write=False)
-        not_null = {row[1] for row in conn.execute(
-            f"PRAGMA table_info({quote_identifier(table)})") if row[3]}
-        nullable = [i for i in guarded if names[i] not in not_null]
+        # A held-back value comes back NULL. For NOT NULL columns that alone flags it; nullable
+        # ones also send whether the stored value is NULL, asked with typeof(): SQLite answers
+        # it from the record header, where "x IS NULL" would load a 20 MB value whole.
         stored = "".join(
             f", (typeof({quote_identifier(names[i])}) <> 'null') AS {_BIG_COLUMN}_{k}"
             for k, i in enumerate(nullable)
         )
-        sql = (f"SELECT rowid, {', '.join(select)}{stored} "
-               f"FROM {quote_identifier(table)} ORDER BY rowid")
-        return self._fast_stream(sql, table, schema, budget, rows_per_batch, guarded, nullable)
+        where = f" WHERE rowid > {int(after)}" if after is not None else ""
+        return (f"SELECT rowid, {', '.join(select)}{stored} "
+                f"FROM {quote_identifier(table)}{where} ORDER BY rowid")
 
     def _fast_stream(
         self,
-        sql: str,
         table: str,
         schema: pa.Schema,
         budget: Budget,
-        rows_per_batch: int,
+        sizer: BatchSizer,
         guarded: Sequence[int],
         nullable: Sequence[int],
+        value_bytes: int,
     ) -> Iterator[pa.RecordBatch]:
-        adbc = _adbc_sqlite()
-        sizer = budget.sizer(conversion=False)
-        last_rowid: int | None = None
+        target = sizer.target_bytes // 2
         pending: list[pa.RecordBatch] = []
-        pending_bytes = 0
-        fall_back = False
-        # The driver's low-level API: its DB-API layer imports pandas (~50 MB) for nothing.
+        after: int | None = None
+        restarts = 0
+        rows_read = 0
+        while True:
+            rows_per_batch, limit = self._fast_plan(target, len(guarded), value_bytes)
+            sql = self._fast_sql(table, schema, guarded, nullable, limit, after)
+            outcome = yield from self._fast_run(sql, rows_per_batch, schema, guarded, nullable,
+                                                sizer, pending)
+            status, last_rowid, rows = outcome[:3]
+            rows_read += rows
+            if pending:
+                yield self._observed(_concat(pending), sizer)
+                pending.clear()
+            if last_rowid is not None:
+                after = last_rowid
+            if status == "end":
+                return
+            restarts += 1
+            if status == "type" or (restarts > FAST_MAX_RESTARTS
+                                    and rows_read < restarts * FAST_ROWS_PER_RESTART):
+                # SQLite lets a column hold several types and ADBC types a column by its first
+                # batch; and many large values make restarts cost more than they save. Either
+                # way the row-by-row path reads the rest.
+                yield from self._slow_table_batches(
+                    table, schema, budget, has_rowid=True,
+                    after_rowid=after if after is not None else -(2**63))
+                return
+            # status == "large": the row after `after` holds a held-back value.
+            large_rowid = outcome[3]
+            width = 0
+            for batch in self._slow_table_batches(
+                    table, schema, budget, has_rowid=True,
+                    after_rowid=after if after is not None else -(2**63),
+                    until_rowid=large_rowid):
+                # The held-back row's size, from the batch it came in (no second read).
+                width = max(width, batch_nbytes(batch) // max(1, batch.num_rows))
+                yield batch
+                del batch
+            after = large_rowid
+            if FAST_WIDTH_HEADROOM * width * len(guarded) * FAST_MIN_ROWS <= target:
+                # Only moderately wide: widen the limit so such rows stay on the fast path.
+                value_bytes = max(value_bytes, FAST_WIDTH_HEADROOM * width)
+
+    def _fast_run(
+        self,
+        sql: str,
+        rows_per_batch: int,
+        schema: pa.Schema,
+        guarded: Sequence[int],
+        nullable: Sequence[int],
+        sizer: BatchSizer,
+        pending: list[pa.RecordBatch],
+    ) -> Iterator[pa.RecordBatch]:
+        """One ADBC statement. Yields merged batches; returns ``(status, last_rowid, rows)``
+        plus the held-back row's rowid for status ``"large"``."""
+        adbc = _adbc_sqlite()
         handles: list[Any] = []
         reader = None
+        last_rowid: int | None = None
+        rows = 0
+        pending_bytes = sum(batch_nbytes(b) for b in pending)
+        # The driver's low-level API: its DB-API layer imports pandas (~50 MB) for nothing.
         try:
             try:
                 database = adbc.sqlite.connect("file:" + _uri_path(self.path) + "?mode=ro")
@@ -473,54 +545,43 @@ class SQLiteBackend(Backend):
                 try:
                     raw = reader.read_next_batch()
                 except StopIteration:
-                    break
+                    return ("end", last_rowid, rows)
                 except Exception:
-                    # A value of another type than the column's first values: ADBC cannot
-                    # carry it. Go on row by row after the last row read.
-                    fall_back = True
-                    break
+                    return ("type", last_rowid, rows)
                 if raw.num_rows == 0:
                     continue
                 batch, first_large = self._fast_conform(raw, schema, guarded, nullable)
+                large_rowid = None
                 if first_large is not None:
-                    # A value too large for the fast path: the row-by-row path streams it by
-                    # blob I/O. Hand over to it from the row before, for the rest of the table.
+                    large_rowid = raw.column(0)[first_large].as_py()
                     batch = batch.slice(0, first_large)
                     if first_large:
                         last_rowid = raw.column(0)[first_large - 1].as_py()
-                    fall_back = True
                 else:
                     last_rowid = raw.column(0)[raw.num_rows - 1].as_py()
+                rows += batch.num_rows
                 # ADBC's batches are sized for the worst case; merge them up to the target
                 # (one copy of a few MB) so sinks see batches of the size the budget means.
                 nbytes = batch_nbytes(batch)
                 if pending and pending_bytes + nbytes > sizer.target_bytes:
                     yield self._observed(_concat(pending), sizer)
-                    pending, pending_bytes = [], 0
+                    pending.clear()
+                    pending_bytes = 0
                 if batch.num_rows:
                     pending.append(batch)
                     pending_bytes += nbytes
                 del batch
-                if pending_bytes >= sizer.target_bytes or (fall_back and pending):
+                if pending_bytes >= sizer.target_bytes:
                     yield self._observed(_concat(pending), sizer)
-                    pending, pending_bytes = [], 0
-                if fall_back:
-                    break
-            if pending:
-                yield self._observed(_concat(pending), sizer)
-                pending = []
+                    pending.clear()
+                    pending_bytes = 0
+                if large_rowid is not None:
+                    return ("large", last_rowid, rows, large_rowid)
         finally:
             if reader is not None:
                 reader.close()
             for handle in reversed(handles):
                 handle.close()
-        if not fall_back:
-            return
-        # SQLite lets a column hold several types, and ADBC types a column by its first batch:
-        # a later value of another type stops the fast reader. Large values also go this way.
-        yield from self._slow_table_batches(table, schema, budget, has_rowid=True,
-                                            after_rowid=last_rowid if last_rowid is not None
-                                            else -(2**63))
 
     @staticmethod
     def _fast_conform(

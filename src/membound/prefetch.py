@@ -1,0 +1,115 @@
+"""Read ahead on a thread: the source makes the next batch while the sink writes this one.
+
+The expensive parts of a copy, a database driver filling Arrow buffers and a Parquet or COPY
+writer encoding them, run in C with the GIL released, so on two cores reading and writing side
+by side take about as long as the slower of the two instead of their sum. The queue between
+them is bounded, so read-ahead costs a fixed number of batches, never more.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["PREFETCH_DEPTH", "prefetch"]
+
+T = TypeVar("T")
+
+# Batches waiting between the reader and the writer. One is enough to keep both sides busy;
+# each more costs a batch (budget/16) of memory and buys nothing once both sides overlap.
+PREFETCH_DEPTH = 1
+# How often a blocked side looks whether the other has stopped, in seconds.
+_POLL_S = 0.05
+
+_ITEM, _ERROR, _END = 0, 1, 2
+
+
+def prefetch(
+    items: Iterable[T],
+    depth: int = PREFETCH_DEPTH,
+    *,
+    alone: Callable[[T], bool] | None = None,
+) -> Iterator[T]:
+    """Iterate ``items`` on a background thread, at most ``depth`` items ahead.
+
+    ``alone(item)`` true means the item is too big to have another one made while it is in
+    use: the thread then waits until the caller is done with it (asks for the next one) before
+    it goes on. A copy passes batches larger than the batch target, so a 20 MB value is never
+    alive twice.
+
+    Exceptions from ``items`` are raised in the caller at the point they occurred. When the
+    caller stops early (``break``, an exception, ``close()``), the thread stops and the source
+    is closed on that thread, where it ran, so its cursors are released. The source must not be
+    used from two threads at once, and is not: only the reading thread touches it.
+    """
+    return _Prefetch(items, depth, alone).run()
+
+
+class _Prefetch(Generic[T]):
+    def __init__(self, items: Iterable[T], depth: int,
+                 alone: Callable[[T], bool] | None) -> None:
+        self.items = items
+        self.alone = alone
+        # Set by the consumer each time it is done with an item (asks for the next one).
+        self.released = threading.Event()
+        self.queue: queue.Queue[tuple[int, object]] = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="membound-prefetch",
+                                       daemon=True)
+
+    def _put(self, kind: int, value: object) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put((kind, value), timeout=_POLL_S)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def _produce(self) -> None:
+        iterator = iter(self.items)
+        try:
+            for item in iterator:
+                wait = self.alone is not None and self.alone(item)
+                self.released.clear()
+                if not self._put(_ITEM, item):
+                    return
+                del item
+                if wait:
+                    while not self.released.wait(_POLL_S):
+                        if self.stop.is_set():
+                            return
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(_ERROR, exc)
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        self._put(_END, None)
+
+    def run(self) -> Iterator[T]:
+        self.thread.start()
+        try:
+            while True:
+                kind, value = self.queue.get()
+                if kind == _ITEM:
+                    yield value  # type: ignore[misc]
+                    del value
+                    self.released.set()
+                elif kind == _ERROR:
+                    raise value  # type: ignore[misc]
+                else:
+                    return
+        finally:
+            self.stop.set()
+            # Drop what is queued so the producer's put() returns, then wait for it to close
+            # the source.
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            self.thread.join()
