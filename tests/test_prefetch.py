@@ -48,8 +48,7 @@ def test_stopping_early_closes_the_source_on_its_thread():
 
     def source():
         try:
-            for i in range(10**9):
-                yield i
+            yield from range(10**9)
         finally:
             closed.set()
 

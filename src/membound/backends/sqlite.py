@@ -56,8 +56,8 @@ BLOB_CHUNK = 1024 * 1024
 FAST_MIN_ROWS = 64
 FAST_MAX_ROWS = 65_536
 # Headroom over the widest text/blob value seen in the sample, so ordinary variation in the
-# rest of the table stays on the fast path.
-FAST_WIDTH_HEADROOM = 4
+# rest of the table stays on the fast path (a wider value costs a restart, not the fast path).
+FAST_WIDTH_HEADROOM = 2
 # Rows sampled to measure value widths before the fast path starts.
 FAST_SAMPLE_ROWS = 2_000
 # After this many restarts around held-back values, if they come more often than one per
@@ -461,7 +461,7 @@ class SQLiteBackend(Backend):
         nullable: Sequence[int],
         value_bytes: int,
     ) -> Iterator[pa.RecordBatch]:
-        target = sizer.target_bytes // 2
+        target = sizer.target_bytes
         pending: list[pa.RecordBatch] = []
         after: int | None = None
         restarts = 0
