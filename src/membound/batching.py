@@ -14,13 +14,19 @@ from membound.budget import BatchSizer, Budget
 from membound.errors import SchemaError
 
 __all__ = [
+    "LOGICAL_TYPE_KEY",
     "batch_nbytes",
     "batch_to_rows",
     "chunk_rows",
     "estimate_row_size",
+    "prepend",
     "rebatch",
     "rows_to_batch",
 ]
+
+# Field metadata key naming a logical type Arrow has no plain type for ("json", "uuid"), so a
+# column keeps its meaning between backends (PostgreSQL jsonb -> Parquet -> MariaDB JSON).
+LOGICAL_TYPE_KEY = b"membound.type"
 
 # CPython's cost of holding one value in a row tuple beyond its payload: the object header
 # (16-49 bytes for int/float/str/bytes) plus the tuple slot (8 bytes).
@@ -86,6 +92,12 @@ def chunk_rows(
     if chunk:
         sizer.observe(len(chunk), nbytes)
         yield chunk
+
+
+def prepend(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``first``, then the rest of a stream (a sink peeks at the first batch for its schema)."""
+    yield first
+    yield from rest
 
 
 def batch_to_rows(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple]:

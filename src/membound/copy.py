@@ -42,7 +42,8 @@ COLUMN_SERIALIZERS = ("bytes", "json", "msgpack")
 # (a one-field Arrow schema, base64) so that decompressing restores it exactly. Parquet and Arrow
 # files keep field metadata; SQL databases and CSV do not.
 CODEC_METADATA_KEY = b"membound.codec"
-TYPE_METADATA_KEY = b"membound.type"
+# Not LOGICAL_TYPE_KEY ("membound.type", json/uuid marks), which an encoded column may carry too.
+TYPE_METADATA_KEY = b"membound.original_type"
 
 
 def copy(

@@ -73,6 +73,12 @@ class WriteResult:
     bytes: int = 0
     created: bool = False
 
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Count a batch as written."""
+        self.rows += batch.num_rows
+        self.batches += 1
+        self.bytes += batch.nbytes
+
 
 class Backend(ABC):
     """Base class of all backends. Subclasses set ``extra`` and implement the abstract methods."""

@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
-from membound.batching import rebatch
+from membound.batching import LOGICAL_TYPE_KEY, prepend, rebatch
 from membound.budget import Budget
 from membound.errors import (
     ConfigurationError,
@@ -64,7 +64,6 @@ from membound.urls import ParsedURL
 
 __all__ = ["MySQLBackend"]
 
-LOGICAL_TYPE_KEY = b"membound.type"  # the same key as the PostgreSQL backend's
 JSON_METADATA = {LOGICAL_TYPE_KEY: b"json"}
 
 # A consumer that pauses longer than net_write_timeout (60 s by default) between fetches gets its
@@ -756,10 +755,10 @@ class MySQLBackend(Backend):
         MySQLError = self._pymysql.err.MySQLError  # noqa: N806
         try:
             self._create(cursor, build, first.schema, keys)
-            for batch in _chain(first, stream):
+            for batch in prepend(first, stream):
                 self._insert(conn, build, batch, None)
                 conn.commit()
-                _count(result, batch)
+                result.add(batch)
             if replace:
                 old = qualified(schema_name, f"_membound_old_{_uuid.uuid4().hex[:12]}")
                 cursor.execute(f"RENAME TABLE {target} TO {old}, {build} TO {target}")
@@ -789,7 +788,7 @@ class MySQLBackend(Backend):
         committed = 0
         last_key: tuple[Any, ...] | None = None
         try:
-            for batch in _chain(first, stream):
+            for batch in prepend(first, stream):
                 if batch.schema.names != names:
                     raise SchemaError(
                         f"batch columns {batch.schema.names} differ from the first batch's {names}"
@@ -797,7 +796,7 @@ class MySQLBackend(Backend):
                 self._insert(conn, target, batch, keys if upsert else None)
                 conn.commit()
                 committed += batch.num_rows
-                _count(result, batch)
+                result.add(batch)
                 if keys and batch.num_rows:
                     last_key = tuple(batch.column(k)[batch.num_rows - 1].as_py() for k in keys)
         except Exception as exc:
@@ -819,15 +818,6 @@ class MySQLBackend(Backend):
             ) from (None if is_db_error else exc)
 
 
-def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest
-
-
-def _count(result: WriteResult, batch: pa.RecordBatch) -> None:
-    result.rows += batch.num_rows
-    result.batches += 1
-    result.bytes += batch.nbytes
 
 
 def _message(exc: Exception) -> str:

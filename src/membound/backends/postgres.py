@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
-from membound.batching import rebatch
+from membound.batching import LOGICAL_TYPE_KEY, prepend, rebatch
 from membound.budget import Budget
 from membound.errors import (
     ConfigurationError,
@@ -68,7 +68,6 @@ from membound.urls import ParsedURL
 __all__ = ["PostgresBackend", "LOGICAL_TYPE_KEY"]
 
 #: Field-metadata key that marks a string column's logical type (``json`` or ``uuid``).
-LOGICAL_TYPE_KEY = b"membound.type"
 JSON_METADATA = {LOGICAL_TYPE_KEY: b"json"}
 UUID_METADATA = {LOGICAL_TYPE_KEY: b"uuid"}
 
@@ -806,7 +805,7 @@ class PostgresBackend(Backend):
                         schema_name,
                         table_name,
                         first.schema,
-                        _chain(first, stream),
+                        prepend(first, stream),
                         keys,
                         result,
                         replace=columns is not None,
@@ -844,7 +843,7 @@ class PostgresBackend(Backend):
             cursor.execute(f"CREATE TABLE {build} ({columns_sql})")
             for batch in batches:
                 self._ingest(cursor, schema_name, build_name, batch, ingest)
-                _count(result, batch)
+                result.add(batch)
             if keys:
                 cursor.execute(
                     f"ALTER TABLE {build} ADD PRIMARY KEY ({', '.join(map(quote_ident, keys))})"
@@ -915,7 +914,7 @@ class PostgresBackend(Backend):
                 merge = _merge_sql(
                     qualified(schema_name, table_name), stage_name, target_cols, keys, upsert
                 )
-            for batch in _chain(first, stream):
+            for batch in prepend(first, stream):
                 if batch.schema.names != names:
                     raise SchemaError(
                         f"batch columns {batch.schema.names} differ from the first batch's {names}"
@@ -927,7 +926,7 @@ class PostgresBackend(Backend):
                     self._ingest(cursor, schema_name, table_name, batch, ingest)
                 conn.commit()
                 committed_rows += batch.num_rows
-                _count(result, batch)
+                result.add(batch)
                 if keys and batch.num_rows:
                     last_key = tuple(batch.column(k)[batch.num_rows - 1].as_py() for k in keys)
         except Exception as exc:
@@ -1048,15 +1047,6 @@ def _check_keys(keys: Sequence[str], schema: pa.Schema) -> None:
         )
 
 
-def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest
-
-
-def _count(result: WriteResult, batch: pa.RecordBatch) -> None:
-    result.rows += batch.num_rows
-    result.batches += 1
-    result.bytes += batch.nbytes
 
 
 def _empty_batch(batches: Any) -> pa.RecordBatch | None:

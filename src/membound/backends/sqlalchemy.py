@@ -25,8 +25,10 @@ import pyarrow as pa
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
 from membound.batching import (
+    LOGICAL_TYPE_KEY,
     batch_to_rows,
     infer_type,
+    prepend,
     rebatch,
     rows_to_batch,
 )
@@ -46,7 +48,6 @@ from membound.urls import ParsedURL
 
 __all__ = ["SQLAlchemyBackend"]
 
-LOGICAL_TYPE_KEY = b"membound.type"  # the same key as the PostgreSQL and MySQL backends'
 # Dialects whose driver steps through results without a server-side cursor (no warning).
 STREAMS_NATIVELY = frozenset({"sqlite", "duckdb", "oracle"})
 # Tables built aside by "fail" and "replace" writes before they are renamed into place.
@@ -424,10 +425,10 @@ class SQLAlchemyBackend(Backend):
         build = self._create(build_name, schema_name, first.schema, keys)
         preparer = self.engine.dialect.identifier_preparer
         try:
-            for batch in _chain(first, stream):
+            for batch in prepend(first, stream):
                 with self.engine.begin() as conn:
                     self._insert(conn, build, batch, None)
-                _count(result, batch)
+                result.add(batch)
             with self.engine.begin() as conn:
                 if replace:
                     old = sa.Table(table_name, sa.MetaData(), schema=schema_name)
@@ -455,11 +456,11 @@ class SQLAlchemyBackend(Backend):
         committed = 0
         last_key: tuple[Any, ...] | None = None
         try:
-            for batch in _chain(first, stream):
+            for batch in prepend(first, stream):
                 with self.engine.begin() as conn:
                     self._insert(conn, table, batch, keys if upsert else None)
                 committed += batch.num_rows
-                _count(result, batch)
+                result.add(batch)
                 if keys and batch.num_rows:
                     last_key = tuple(batch.column(k)[batch.num_rows - 1].as_py() for k in keys)
         except Exception as exc:
@@ -503,12 +504,3 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest
-
-
-def _count(result: WriteResult, batch: pa.RecordBatch) -> None:
-    result.rows += batch.num_rows
-    result.batches += 1
-    result.bytes += batch.nbytes

@@ -27,7 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
-from membound.batching import PY_ROW_OVERHEAD, PY_VALUE_OVERHEAD, batch_nbytes, infer_type
+from membound.batching import (
+    PY_ROW_OVERHEAD,
+    PY_VALUE_OVERHEAD,
+    batch_nbytes,
+    infer_type,
+    prepend,
+)
 from membound.budget import BatchSizer, Budget
 from membound.errors import (
     ConfigurationError,
@@ -755,7 +761,7 @@ class SQLiteBackend(Backend):
                 return WriteResult(table=table, mode=mode)
             raise SourceError("the source produced no batches, so there is no schema to create "
                               f"table {table!r} from")
-        stream = _prepend(first, iterator)
+        stream = prepend(first, iterator)
         result = WriteResult(table=table, mode=mode, created=not exists or mode == "replace")
         if mode in ("fail", "replace"):
             aside = f"{TEMP_PREFIX}{table}_{uuid.uuid4().hex[:8]}"
@@ -885,10 +891,6 @@ def _uri_path(path: str) -> str:
 def _strip_sql(query: str) -> str:
     return query.strip().rstrip(";").strip()
 
-
-def _prepend(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest
 
 
 def _infer_schema(names: Sequence[str] | None, rows: list[tuple], first: int) -> pa.Schema:
