@@ -60,6 +60,24 @@ def test_stopping_early_closes_the_source_on_its_thread():
     assert closed.wait(2)
 
 
+def test_alone_item_waits_for_its_own_release_not_an_earlier_one():
+    made: list[int] = []
+
+    def source():
+        for i in range(4):
+            made.append(i)
+            yield i
+
+    stream = prefetch(source(), depth=2, alone=lambda item: item == 1)
+    assert next(stream) == 0
+    time.sleep(0.2)
+    assert made == [0, 1]
+    assert next(stream) == 1  # done with item 0, not with item 1
+    time.sleep(0.2)
+    assert made == [0, 1], "item 2 may not be made while item 1 is in use"
+    assert list(stream) == [2, 3]
+
+
 def test_alone_items_wait_until_released():
     made: list[int] = []
 

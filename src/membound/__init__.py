@@ -13,6 +13,10 @@ import os as _os
 # 36 MB above its start with mimalloc's defaults and 22 MB with these two settings, which make
 # it return freed memory at once. mimalloc reads them when pyarrow loads, so they only apply
 # when membound is imported first; a value already in the environment wins.
+import sys as _sys
+
+#: True when pyarrow was loaded before membound without these settings: the copy report says so.
+ALLOCATOR_UNTUNED = "pyarrow" in _sys.modules and "MIMALLOC_PURGE_DELAY" not in _os.environ
 _os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 _os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 

@@ -29,6 +29,7 @@ __all__ = [
     "gc_paused",
     "measure",
     "peak_rss_bytes",
+    "release_arrow_memory",
     "reset_peak",
     "rss_bytes",
     "system_arrow_pool",
@@ -346,6 +347,25 @@ def system_arrow_pool() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
+def release_arrow_memory() -> None:
+    """Hand memory freed in Arrow's pools back to the OS, whichever pool allocated it.
+
+    pyarrow's Python default pool may be switched (``system_arrow_pool()``), but C++ code such
+    as libparquet allocates from the process-wide default, mimalloc, chosen when pyarrow
+    loaded; that one keeps freed pages unless told otherwise. Cheap enough per batch.
+    """
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        return
+    pools = [pa.default_memory_pool()]
+    for factory in ("mimalloc_memory_pool", "jemalloc_memory_pool"):
+        with contextlib.suppress(AttributeError, NotImplementedError, pa.ArrowException):
+            pools.append(getattr(pa, factory)())
+    for pool in pools:
+        pool.release_unused()
+
+
 _libc: Any = None
 
 
@@ -357,10 +377,7 @@ def trim() -> None:
     """
     global _libc
     gc.collect()
-    with contextlib.suppress(ImportError):
-        import pyarrow as pa
-
-        pa.default_memory_pool().release_unused()
+    release_arrow_memory()
     if _libc is None:
         try:
             _libc = ctypes.CDLL("libc.so.6")

@@ -52,8 +52,9 @@ class _Prefetch(Generic[T]):
                  alone: Callable[[T], bool] | None) -> None:
         self.items = items
         self.alone = alone
-        # Set by the consumer each time it is done with an item (asks for the next one).
-        self.released = threading.Event()
+        # How many items the consumer is done with (it asked for the next one), under a lock.
+        self.done = 0
+        self.progress = threading.Condition()
         self.queue: queue.Queue[tuple[int, object]] = queue.Queue(maxsize=max(1, depth))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._produce, name="membound-prefetch",
@@ -71,16 +72,18 @@ class _Prefetch(Generic[T]):
     def _produce(self) -> None:
         iterator = iter(self.items)
         try:
-            for item in iterator:
+            for made, item in enumerate(iterator, start=1):
                 wait = self.alone is not None and self.alone(item)
-                self.released.clear()
                 if not self._put(_ITEM, item):
                     return
                 del item
                 if wait:
-                    while not self.released.wait(_POLL_S):
-                        if self.stop.is_set():
-                            return
+                    # Wait until the consumer is done with this very item, not just any.
+                    with self.progress:
+                        while self.done < made:
+                            if self.stop.is_set():
+                                return
+                            self.progress.wait(_POLL_S)
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(_ERROR, exc)
             return
@@ -98,7 +101,9 @@ class _Prefetch(Generic[T]):
                 if kind == _ITEM:
                     yield value  # type: ignore[misc]
                     del value
-                    self.released.set()
+                    with self.progress:
+                        self.done += 1
+                        self.progress.notify()
                 elif kind == _ERROR:
                     raise value  # type: ignore[misc]
                 else:
