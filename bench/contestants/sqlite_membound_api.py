@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+# isort: off
 import os
 
 import membound  # first, as membound's docs say: it tunes pyarrow's allocator before it loads
 
-import sqlite3  # noqa: F401, E402 (see below)
+import sqlite3  # noqa: F401 (see below)
 
-import pyarrow.parquet  # noqa: F401, E402 (see below)
-from _common import ExportOptions, run_contestant  # noqa: E402
+import pyarrow.parquet  # noqa: F401 (see below)
+from _common import ExportOptions, run_contestant
+
+# isort: on
 
 # The copy loads sqlite3 and pyarrow.parquet lazily; they are imported here so that the import
 # baseline holds the same libraries as the peers' baselines (every peer imports its driver and

@@ -6,14 +6,18 @@ that the import baseline can be taken the same way as for the other contestants.
 
 from __future__ import annotations
 
+# isort: off
 import os
-import sqlite3  # noqa: F401 (see below)
 import sys
 
-import membound.cli
-import pyarrow.parquet  # noqa: F401 (see below)
+import membound.cli  # first, as membound's docs say: it tunes pyarrow's allocator before it loads
 
+import sqlite3  # noqa: F401 (see below)
+
+import pyarrow.parquet  # noqa: F401 (see below)
 from _common import ExportOptions, run_contestant
+
+# isort: on
 
 # The copy loads sqlite3 and pyarrow.parquet lazily; they are imported here so that the import
 # baseline holds the same libraries as the peers' baselines (every peer imports its driver and
