@@ -414,38 +414,48 @@ class SQLiteBackend(Backend):
             f"PRAGMA table_info({quote_identifier(table)})") if row[3]}
         nullable = [i for i in guarded if names[i] not in not_null]
         sizer = budget.sizer(conversion=False)
-        value_bytes = self._widest_value(table, [names[i] for i in guarded],
-                                         f"(SELECT * FROM {quote_identifier(table)} "
-                                         f"LIMIT {FAST_SAMPLE_ROWS})")
+        widths = self._widest_values([names[i] for i in guarded],
+                                     f"(SELECT * FROM {quote_identifier(table)} "
+                                     f"LIMIT {FAST_SAMPLE_ROWS})")
         return self._fast_stream(table, schema, budget, sizer, guarded, nullable,
-                                 FAST_WIDTH_HEADROOM * value_bytes)
+                                 [FAST_WIDTH_HEADROOM * w for w in widths])
 
-    def _widest_value(self, table: str, columns: Sequence[str], source: str) -> int:
-        """Bytes of the widest value of ``columns`` in ``source`` (a table or subquery)."""
+    def _widest_values(self, columns: Sequence[str], source: str) -> list[int]:
+        """Bytes of the widest value of each of ``columns`` in ``source`` (table or subquery)."""
         if not columns:
-            return 0
+            return []
         widest = ", ".join(
             f"max(coalesce(length(CAST({quote_identifier(n)} AS BLOB)), 0))" for n in columns
         )
         row = self._connect(write=False).execute(f"SELECT {widest} FROM {source}").fetchone()
-        return max(value or 0 for value in row)
+        return [value or 0 for value in row]
 
-    def _fast_plan(self, target: int, nvariable: int, value_bytes: int) -> tuple[int, int]:
-        """Rows per ADBC batch and the held-back size, for values up to ``value_bytes``."""
-        if not nvariable:
-            return FAST_MAX_ROWS, MIN_LARGE_VALUE
-        rows = target // (nvariable * max(64, value_bytes))
-        rows = max(FAST_MIN_ROWS, min(FAST_MAX_ROWS, rows))
-        return rows, max(1, target // (rows * nvariable))
+    @staticmethod
+    def _fast_plan(target: int, widths: Sequence[int]) -> tuple[int, list[int]]:
+        """Rows per ADBC batch and each text/blob column's held-back size.
+
+        Each column may hold up to its expected width (at least 16 bytes); the row count is
+        what the sum of those widths allows in the target, and any slack left by the row-count
+        bounds is shared out to the columns, so rows x sum(limits) <= target always holds.
+        """
+        if not widths:
+            return FAST_MAX_ROWS, []
+        expected = [max(16, width) for width in widths]
+        rows = max(FAST_MIN_ROWS, min(FAST_MAX_ROWS, target // sum(expected)))
+        scale = target / (rows * sum(expected))
+        return rows, [max(1, int(width * scale)) for width in expected]
 
     def _fast_sql(self, table: str, schema: pa.Schema, guarded: Sequence[int],
-                  nullable: Sequence[int], limit: int, after: int | None) -> str:
+                  nullable: Sequence[int], limits: Sequence[int], after: int | None) -> str:
         names = schema.names
         select = []
         for i, name in enumerate(names):
             q = quote_identifier(name)
-            select.append(f"CASE WHEN length({q}) > {limit} THEN NULL ELSE {q} END AS {q}"
-                          if i in guarded else q)
+            if i in guarded:
+                limit = limits[guarded.index(i)]
+                select.append(f"CASE WHEN length({q}) > {limit} THEN NULL ELSE {q} END AS {q}")
+            else:
+                select.append(q)
         # A held-back value comes back NULL. For NOT NULL columns that alone flags it; nullable
         # ones also send whether the stored value is NULL, asked with typeof(): SQLite answers
         # it from the record header, where "x IS NULL" would load a 20 MB value whole.
@@ -465,7 +475,7 @@ class SQLiteBackend(Backend):
         sizer: BatchSizer,
         guarded: Sequence[int],
         nullable: Sequence[int],
-        value_bytes: int,
+        widths: list[int],
     ) -> Iterator[pa.RecordBatch]:
         target = sizer.target_bytes
         pending: list[pa.RecordBatch] = []
@@ -473,8 +483,8 @@ class SQLiteBackend(Backend):
         restarts = 0
         rows_read = 0
         while True:
-            rows_per_batch, limit = self._fast_plan(target, len(guarded), value_bytes)
-            sql = self._fast_sql(table, schema, guarded, nullable, limit, after)
+            rows_per_batch, limits = self._fast_plan(target, widths)
+            sql = self._fast_sql(table, schema, guarded, nullable, limits, after)
             outcome = yield from self._fast_run(sql, rows_per_batch, schema, guarded, nullable,
                                                 sizer, pending)
             status, last_rowid, rows = outcome[:3]
@@ -508,9 +518,11 @@ class SQLiteBackend(Backend):
                 yield batch
                 del batch
             after = large_rowid
-            if FAST_WIDTH_HEADROOM * width * len(guarded) * FAST_MIN_ROWS <= target:
-                # Only moderately wide: widen the limit so such rows stay on the fast path.
-                value_bytes = max(value_bytes, FAST_WIDTH_HEADROOM * width)
+            if FAST_WIDTH_HEADROOM * width * FAST_MIN_ROWS <= target and sum(widths):
+                # Only moderately wide: widen the limits so such rows stay on the fast path.
+                grow = FAST_WIDTH_HEADROOM * width / sum(widths)
+                if grow > 1:
+                    widths = [int(w * grow) + 1 for w in widths]
 
     def _fast_run(
         self,
