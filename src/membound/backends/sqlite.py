@@ -45,7 +45,7 @@ from membound.errors import (
     TargetError,
     TargetExistsError,
 )
-from membound.memory import gc_paused
+from membound.memory import gc_paused, trim
 
 __all__ = ["SQLiteBackend", "arrow_type_to_sqlite", "quote_identifier"]
 
@@ -509,6 +509,9 @@ class SQLiteBackend(Backend):
             # status == "large": the row after `after` holds a held-back value.
             large_rowid = outcome[3]
             width = 0
+            # Give freed heap back before a value this size is read (a few ms; such rows are
+            # rare): otherwise the heap's high-water mark adds to it.
+            trim()
             for batch in self._slow_table_batches(
                     table, schema, budget, has_rowid=True,
                     after_rowid=after if after is not None else -(2**63),
