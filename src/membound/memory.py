@@ -294,7 +294,7 @@ def warm_up(*, conversion: bool = True) -> None:
                 pass
         if conversion and not _warmed_up_conversion:
             _warmed_up_conversion = True
-            pa.array([0, "warm"[:0] or None])
+            pa.array([0, None])
 
 
 # glibc serves allocations at least this big by mmap, so they go back to the OS when freed.
