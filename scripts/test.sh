@@ -14,8 +14,14 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
+# LevelDB's C library comes from Debian's packages (plyvel links against it); installed here when
+# missing and we are root.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libleveldb; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libleveldb-dev; } \
+    >/dev/null || true
+fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,postgres,mysql,sqlalchemy,codecs,redis,memcached]'
+.venv/bin/python -m pip install --quiet -e '.[test,all]'
 
 # Start the local servers the machine ships with if they stopped (no-ops when running or absent).
 if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
