@@ -23,6 +23,7 @@ _os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 from membound.backends.base import Backend, WriteResult, open_backend
 from membound.budget import BatchSizer, Budget, format_size, parse_size
 from membound.cache import Cache
+from membound.connect import Connection, OffsetPagingWarning, ResultSizeWarning, connect
 from membound.copy import copy
 from membound.errors import (
     CodecError,
@@ -34,12 +35,15 @@ from membound.errors import (
     NotFoundError,
     PartialWriteError,
     QueryError,
+    ResultTooLarge,
     SchemaError,
     SourceError,
     TargetError,
     TargetExistsError,
+    TokenError,
     URLError,
 )
+from membound.keyset import Page
 from membound.memory import Measurement, gc_paused, measure, peak_rss_bytes, rss_bytes, trim
 from membound.report import RunReport
 
@@ -52,21 +56,28 @@ __all__ = [
     "Cache",
     "CodecError",
     "ConfigurationError",
+    "Connection",
     "CorruptFileError",
     "Measurement",
     "MemboundError",
     "MemoryBudgetExceeded",
     "MissingDriverError",
     "NotFoundError",
+    "OffsetPagingWarning",
+    "Page",
     "PartialWriteError",
     "QueryError",
+    "ResultSizeWarning",
+    "ResultTooLarge",
     "RunReport",
     "SchemaError",
     "SourceError",
     "TargetError",
     "TargetExistsError",
+    "TokenError",
     "URLError",
     "WriteResult",
+    "connect",
     "copy",
     "format_size",
     "gc_paused",

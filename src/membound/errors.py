@@ -10,6 +10,7 @@ sentence that says what went wrong and what to do about it::
      ├── SourceError                 reading failed
      │    ├── NotFoundError          a missing file, table or database
      │    ├── QueryError             the database rejected the query
+ │    ├── ResultTooLarge         a result has more rows than max_rows allows
      │    └── CorruptFileError       a file that cannot be decoded (truncated, wrong format)
      ├── TargetError                 writing failed; the target is left as it was
      │    ├── TargetExistsError      the target exists and the mode is "fail"
@@ -31,10 +32,12 @@ __all__ = [
     "NotFoundError",
     "PartialWriteError",
     "QueryError",
+    "ResultTooLarge",
     "SchemaError",
     "SourceError",
     "TargetError",
     "TargetExistsError",
+    "TokenError",
     "URLError",
 ]
 
@@ -49,6 +52,11 @@ class ConfigurationError(MemboundError, ValueError):
 
 class URLError(ConfigurationError):
     """A URL names no known backend, or cannot be parsed."""
+
+
+class TokenError(ConfigurationError):
+    """A page token was altered, truncated, signed with another secret, or made for another
+    table, query, key or order. Start again from the first page."""
 
 
 class MissingDriverError(MemboundError, ImportError):
@@ -76,6 +84,14 @@ class NotFoundError(SourceError, LookupError):
 
 class QueryError(SourceError):
     """The database rejected a query (a syntax error, an unknown column...)."""
+
+
+class ResultTooLarge(QueryError):
+    """A result has more rows than the ``max_rows=`` bound the caller set."""
+
+    def __init__(self, message: str, *, max_rows: int) -> None:
+        self.max_rows = max_rows
+        super().__init__(message)
 
 
 class CorruptFileError(SourceError):
