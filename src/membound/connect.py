@@ -38,6 +38,7 @@ from membound.errors import (
     ConfigurationError,
     MemboundError,
     PartialWriteError,
+    QueryError,
     ResultTooLarge,
     SchemaError,
     TargetError,
@@ -202,6 +203,11 @@ class Connection:
             seen = 0
             for chunk in stream.chunks():
                 for row in chunk:
+                    if stream.closed:
+                        raise ConfigurationError(
+                            "the connection this result came from was closed; read results "
+                            "inside the `with membound.connect(...)` block"
+                        )
                     seen += 1
                     if max_rows is not None and seen > max_rows:
                         raise ResultTooLarge(
@@ -491,7 +497,7 @@ class Connection:
                                               budget=self.budget, backend=self._bulk_backend,
                                               like=table)
             self._session.merge(stage, table, names, keys if mode == "upsert" else None)
-        except PartialWriteError as exc:
+        except (PartialWriteError, QueryError, TargetError) as exc:
             raise TargetError(
                 f"the atomic write to {table!r} failed and wrote nothing: {exc}"
             ) from exc
