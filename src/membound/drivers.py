@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import sys
 import uuid
 import warnings
@@ -46,7 +47,9 @@ from membound.urls import ParsedURL, parse_url
 
 __all__ = ["Session", "Stream", "TableInfo", "open_session"]
 
-_SAMPLE_ROWS = 32  # rows whose size is measured per chunk to size the next one
+_SAMPLE_ROWS = 32
+# Statements PostgreSQL can DECLARE a cursor for (others are read with a plain cursor).
+_DECLARABLE = re.compile(r"^\s*(\(|select\b|with\b|values\b|table\b)", re.IGNORECASE)  # rows whose size is measured per chunk to size the next one
 
 
 @dataclass
@@ -417,6 +420,9 @@ class PostgresSession(Session):
     _counter = itertools.count(1)
 
     def stream(self, sql: str, params: Any, budget: Budget) -> Stream:
+        if not _DECLARABLE.match(sql):
+            # EXPLAIN, SHOW...: no server-side cursor can hold them, and their results are small.
+            return super().stream(sql, params, budget)
         conn = self.conn
         tx = None
         before = conn.info.transaction_status
@@ -438,6 +444,8 @@ class PostgresSession(Session):
     def close_stream(self, stream: Stream) -> None:
         with contextlib.suppress(Exception):
             stream.cursor.close()
+        if not hasattr(stream, "pg_state"):
+            return
         tx, before = stream.pg_state  # type: ignore[attr-defined]
         self._end(tx, before, failed=False)
 
