@@ -7,8 +7,17 @@ from __future__ import annotations
 from cases.base import Case, Contestant, Dataset, RunSpec
 from cases.cache import CACHE
 from cases.codecs import CODECS
+from cases.redis_export import REDIS_EXPORT, REDIS_LOAD
+from cases.server_export import MYSQL_EXPORT, POSTGRES_EXPORT
+from cases.server_load import MYSQL_LOAD, POSTGRES_LOAD
 from cases.sqlite_export import SQLITE_EXPORT
 
-CASES: dict[str, Case] = {case.name: case for case in (SQLITE_EXPORT, CODECS, CACHE)}
+CASES: dict[str, Case] = {
+    case.name: case for case in (SQLITE_EXPORT, CODECS, CACHE, REDIS_EXPORT, REDIS_LOAD)
+}
+CASES.update(
+    (case.name, case)
+    for case in (POSTGRES_EXPORT, MYSQL_EXPORT, POSTGRES_LOAD, MYSQL_LOAD)
+)
 
 __all__ = ["CASES", "Case", "Contestant", "Dataset", "RunSpec"]

@@ -47,9 +47,9 @@ from membound.urls import ParsedURL, parse_url
 
 __all__ = ["Session", "Stream", "TableInfo", "open_session"]
 
-_SAMPLE_ROWS = 32
+_SAMPLE_ROWS = 32  # rows whose size is measured per chunk to size the next one
 # Statements PostgreSQL can DECLARE a cursor for (others are read with a plain cursor).
-_DECLARABLE = re.compile(r"^\s*(\(|select\b|with\b|values\b|table\b)", re.IGNORECASE)  # rows whose size is measured per chunk to size the next one
+_DECLARABLE = re.compile(r"^\s*(\(|select\b|with\b|values\b|table\b)", re.IGNORECASE)
 
 
 @dataclass

@@ -62,6 +62,9 @@ FILE_FORMATS: dict[str, str] = {
 }
 # A bare path with one of these extensions is a SQLite database.
 SQLITE_EXTENSIONS = (".db", ".sqlite", ".sqlite3")
+# Embedded stores named by a local path, written like SQLite's URLs: three slashes then a
+# relative path, four for an absolute one (lmdb:///rel/store, lmdb:////abs/store).
+EMBEDDED_SCHEMES = ("lmdb", "rocksdb", "leveldb")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,15 @@ def parse_url(target: str | Path) -> ParsedURL:
                 "sqlite:////absolute/path.db"
             )
         return ParsedURL(raw=raw, scheme="sqlite", path=path, table=table, options=query)
+    if scheme in EMBEDDED_SCHEMES:
+        rest = raw.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
+        if not rest.startswith("/") or not rest.strip("/"):
+            raise URLError(
+                f"{mask_password(raw)!r} is not a {scheme} URL; write {scheme}:///relative/dir "
+                f"or {scheme}:////absolute/dir"
+            )
+        return ParsedURL(raw=raw, scheme=scheme, path=unquote(rest[1:]), table=table,
+                         options=query)
     if scheme == "file":
         path = unquote(parts.path)
         return _parse_path(path, raw=raw, table=table, options=query)

@@ -201,7 +201,10 @@ def test_write_from_arrow_types_mysql_lacks(mysql_url, tables):
         db.write(name, [batch])
         rows = read_all(db, name)
     assert rows[0]["u"] == str(u)
-    assert rows[0]["tz"] == dt.datetime(2024, 1, 1, 10)  # stored as UTC, read back naive
+    # Stored as its UTC wall time; the table's column is marked, so it reads back as UTC.
+    assert rows[0]["tz"] == dt.datetime(2024, 1, 1, 10, tzinfo=dt.UTC)
+    with open_backend(mysql_url) as db:
+        assert next(db.batches(f"SELECT tz FROM {name}")).column(0).type == pa.timestamp("us")
     assert json.loads(rows[0]["l"]) == ["x", "😀"]
     assert json.loads(rows[0]["j"]) == {"a": 1}
     assert all(v is None for v in rows[1].values())

@@ -30,7 +30,9 @@ Types: ``TINYINT(1)``/``BOOLEAN`` -> bool; ``DECIMAL(p,s)`` -> ``decimal128(p,s)
 ``TIME`` -> ``time64[us]`` (values outside 00:00-24:00 raise :class:`SchemaError`); ``JSON`` ->
 string marked ``membound.type=json`` (MariaDB's JSON is LONGTEXT: recognised for tables, by its
 ``json_valid`` check); zero dates (``0000-00-00``) read as NULL. MySQL has no time zone-aware
-type: tz-aware timestamps are written as UTC into ``DATETIME(6)`` and read back naive.
+type: tz-aware timestamps are written as UTC into ``DATETIME(6)``; a table membound creates marks
+such a column with the comment ``membound: UTC``, and reading that table gives it back as
+``timestamp[us, UTC]`` (other DATETIME columns, and queries, read naive).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import contextlib
 import datetime as _dt
 import json
 import re
+import time
 import uuid as _uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -47,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
+from membound.backends.postgres import resume_hint
 from membound.batching import LOGICAL_TYPE_KEY, prepend, rebatch
 from membound.budget import Budget
 from membound.errors import (
@@ -74,6 +78,18 @@ PACKET_HEADROOM = 64 * 1024
 # Above this an INSERT is not faster, only a bigger string in memory.
 MAX_STATEMENT_BYTES = 16 * 1024 * 1024
 MAX_IDLE_CONNECTIONS = 2
+# MySQL has no tz-aware type: a tz-aware column is stored as its UTC wall time in a DATETIME(6)
+# with this comment, which tells a later read to give it back as timestamp[us, UTC].
+UTC_COMMENT = "membound: UTC"
+# A pooled connection idle longer than this is pinged (one round trip) before it is reused: the
+# server may have been restarted or have ended it (wait_timeout, KILL) meanwhile. One used within
+# the last second is alive with near certainty, and a loop of small queries should not pay this.
+POOL_CHECK_AFTER_IDLE_S = 1.0
+# Client error codes meaning the connection is gone: server gone away, lost during query, and
+# the server's own "connection was killed" / shutdown codes.
+CONNECTION_LOST_CODES = frozenset({2006, 2013, 2055, 1927, 1053, 4031})
+# Login refused: access denied (wrong user or password).
+ACCESS_DENIED_CODES = frozenset({1044, 1045, 1698})
 # Arrow memory for the read conversion and the INSERT rendering. pyarrow's default pool
 # (mimalloc) keeps freed pages: rendering 3.5 MB batches left RSS 44 MB up against 9 MB with the
 # C allocator, whose large blocks go back to the OS when freed.
@@ -137,9 +153,21 @@ class _Column:
         self.is_json = False
 
     def field(self, json_columns: set[str]) -> pa.Field:
+        if self.name in json_columns and pa.types.is_timestamp(self.arrow_type):
+            self._as_utc()
         if self.is_json or self.name in json_columns and pa.types.is_string(self.arrow_type):
             return pa.field(self.name, self.arrow_type, metadata=JSON_METADATA)
         return pa.field(self.name, self.arrow_type)
+
+
+    def _as_utc(self) -> None:
+        """Read a DATETIME that membound wrote from a tz-aware column back as UTC."""
+        if self.arrow_type.tz is not None:
+            return
+        naive = self.convert or (lambda a: a.cast(pa.timestamp("us"), memory_pool=POOL))
+        self.arrow_type = pa.timestamp("us", tz="UTC")
+        # The stored wall time is UTC: the same integers, now labelled as such.
+        self.convert = lambda a: naive(a).cast(self.arrow_type, memory_pool=POOL)
 
 
 def _column_for(field: Any) -> _Column:
@@ -351,6 +379,12 @@ def literals(array: pa.Array, field: pa.Field, backslash_escapes: bool) -> pa.Ar
     )
 
 
+def _is_tz_timestamp(t: pa.DataType) -> bool:
+    if isinstance(t, pa.BaseExtensionType):
+        t = t.storage_type
+    return pa.types.is_timestamp(t) and t.tz is not None
+
+
 def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
@@ -397,10 +431,10 @@ class MySQLBackend(Backend):
     def __init__(self, url: ParsedURL, *, budget: Budget | int | str | None = None) -> None:
         super().__init__(url, budget=Budget.coerce(budget))
         self._pymysql = _import_pymysql()
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []  # (connection, idle since: time.monotonic())
         self._open: list[Any] = []
         conn = self._connect()
-        self._idle.append(conn)
+        self._idle.append((conn, time.monotonic()))
         with conn.cursor(self._pymysql.cursors.Cursor) as cursor:
             cursor.execute("SELECT @@max_allowed_packet, @@sql_mode")
             packet, sql_mode = cursor.fetchone()
@@ -437,6 +471,11 @@ class MySQLBackend(Backend):
                     f"database {url.database!r} does not exist on {self._where} "
                     f"({url.display}); create it or fix the URL"
                 ) from None
+            if code in ACCESS_DENIED_CODES:
+                raise SourceError(
+                    f"MySQL at {self._where} refused the login ({url.display}): {_message(exc)}; "
+                    "check the user name and password in the URL, and the user's grants"
+                ) from None
             raise SourceError(
                 f"cannot connect to MySQL at {self._where} ({url.display}): {_message(exc)}; "
                 "check that the server is running and the user, password and database are right"
@@ -448,7 +487,7 @@ class MySQLBackend(Backend):
     def _connection(self) -> Iterator[Any]:
         if self.closed:
             raise ConfigurationError(f"{self!r} is closed")
-        conn = self._idle.pop() if self._idle else self._connect()
+        conn = self._checkout()
         try:
             yield conn
         except BaseException:
@@ -460,9 +499,31 @@ class MySQLBackend(Backend):
             self._discard(conn)
             return
         if len(self._idle) < MAX_IDLE_CONNECTIONS and not self.closed:
-            self._idle.append(conn)
+            self._idle.append((conn, time.monotonic()))
         else:
             self._discard(conn)
+
+    def _checkout(self) -> Any:
+        """An idle connection that still works, else a new one."""
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < POOL_CHECK_AFTER_IDLE_S:
+                return conn
+            try:
+                conn.ping(reconnect=False)
+            except (self._pymysql.err.MySQLError, OSError):
+                self._discard(conn)  # ended by the server meanwhile (a restart, a KILL)
+                continue
+            return conn
+        return self._connect()
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection to the server is gone."""
+        code = exc.args[0] if getattr(exc, "args", None) else None
+        return code in CONNECTION_LOST_CODES
+
+    def _lost_hint(self, exc: BaseException) -> str:
+        return "; check that the server is up and run it again" if self._lost(exc) else ""
 
     def _discard(self, conn: Any) -> None:
         result = getattr(conn, "_result", None)
@@ -494,12 +555,14 @@ class MySQLBackend(Backend):
         return f"SELECT * FROM {qualified(*split_table_name(target))}", target
 
     def _json_columns(self, cursor: Any, table: str) -> set[str]:
-        """Columns of ``table`` holding JSON (MySQL's JSON type, MariaDB's json_valid check)."""
+        """Columns of ``table`` holding JSON (MySQL's JSON type, MariaDB's json_valid check),
+        and the DATETIME columns membound created for tz-aware timestamps (their comment)."""
         schema, name = split_table_name(table)
         cursor.execute(
             "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
-            "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s AND DATA_TYPE = 'json'",
-            (schema, name),
+            "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s AND (DATA_TYPE = 'json' OR "
+            "(DATA_TYPE IN ('datetime', 'timestamp') AND COLUMN_COMMENT = %s))",
+            (schema, name, UTC_COMMENT),
         )
         found = {row[0] for row in cursor.fetchall()}
         with contextlib.suppress(self._pymysql.err.MySQLError):
@@ -605,6 +668,11 @@ class MySQLBackend(Backend):
             return NotFoundError(f"{message} in {self.url.display}; check the table name")
         if isinstance(exc, self._pymysql.err.ProgrammingError) or code in (1054, 1064, 1305):
             return QueryError(f"MySQL rejected the query {what[:200]!r}: {message}")
+        if self._lost(exc):
+            return SourceError(
+                f"lost the connection to MySQL at {self._where} while reading {what[:200]!r} "
+                f"({message}); check that the server is up and run it again"
+            )
         return SourceError(f"reading {what[:200]!r} from {self.url.display} failed: {message}")
 
     # writing
@@ -664,7 +732,9 @@ class MySQLBackend(Backend):
             try:
                 columns = self._table_columns(cursor, name)
             except self._pymysql.err.MySQLError as exc:
-                raise TargetError(f"cannot write to {name!r}: {_message(exc)}") from None
+                raise TargetError(
+                    f"cannot write to {name!r}: {_message(exc)}{self._lost_hint(exc)}"
+                ) from None
             if columns is not None and mode == "fail":
                 raise TargetExistsError(
                     f"table {name!r} already exists in {self.url.display}; "
@@ -709,6 +779,7 @@ class MySQLBackend(Backend):
         columns = [
             f"{quote_ident(f.name)} {mysql_type_for(f, key=f.name in key_set)}"
             + (" NOT NULL" if f.name in key_set else "")
+            + (f" COMMENT '{UTC_COMMENT}'" if _is_tz_timestamp(f.type) else "")
             for f in schema
         ]
         if keys:
@@ -768,8 +839,7 @@ class MySQLBackend(Backend):
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 conn.rollback()
-            with contextlib.suppress(Exception):
-                cursor.execute(f"DROP TABLE IF EXISTS {build}")
+            self._drop_build(cursor, build)
             if isinstance(exc, MySQLError):
                 if exc.args and exc.args[0] == 1050:
                     raise TargetExistsError(
@@ -778,10 +848,25 @@ class MySQLBackend(Backend):
                 left = "the old table is unchanged" if replace else "nothing was created"
                 raise TargetError(
                     f"writing {table_name!r} failed after {result.rows} rows, {left}: "
-                    f"{_message(exc)}"
+                    f"{_message(exc)}{self._lost_hint(exc)}"
                 ) from None
             raise
         result.created = True
+
+    def _drop_build(self, cursor: Any, build: str) -> None:
+        """Drop a half-built table, on a new connection when the failure took the old one."""
+        try:
+            cursor.execute(f"DROP TABLE IF EXISTS {build}")
+            return
+        except Exception:  # noqa: BLE001 (the write's own error is the one to report)
+            pass
+        with contextlib.suppress(Exception):
+            conn = self._connect()
+            try:
+                with conn.cursor(self._pymysql.cursors.Cursor) as fresh:
+                    fresh.execute(f"DROP TABLE IF EXISTS {build}")
+            finally:
+                self._discard(conn)
 
     def _append(self, conn, target, first, stream, keys, result, *, upsert: bool) -> None:
         names = first.schema.names
@@ -809,10 +894,11 @@ class MySQLBackend(Backend):
                     raise
                 raise TargetError(
                     f"writing to {target} failed, nothing was committed: {message}"
+                    f"{self._lost_hint(exc)}"
                 ) from None
             raise PartialWriteError(
                 f"writing to {target} failed after {committed} rows were committed in earlier "
-                f"batches: {message}",
+                f"batches ({message}); {resume_hint(committed, keys, last_key)}",
                 rows_committed=committed,
                 resume_after=last_key,
             ) from (None if is_db_error else exc)

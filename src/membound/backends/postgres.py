@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import re
+import time
 import uuid as _uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -79,8 +80,24 @@ UNCONSTRAINED_NUMERIC = (38, 10)
 CONNECT_TIMEOUT_S = "10"
 # Pooled idle connections kept per backend: one serves a read, one a write into the same database.
 MAX_IDLE_CONNECTIONS = 2
+# A pooled connection idle longer than this is checked (one round trip, ~1 ms) before it is
+# reused: the server may have been restarted or have ended it meanwhile. One used within the last
+# second is alive with near certainty, and a loop of small queries should not pay the check.
+POOL_CHECK_AFTER_IDLE_S = 1.0
 # Connection errors whose message means the database name is wrong, not the server.
 _NO_DATABASE = re.compile(r'database "[^"]*" does not exist')
+# ... or that the user or password is wrong.
+_AUTH_FAILED = re.compile(r"password authentication failed|role \"[^\"]*\" does not exist|"
+                          r"no password supplied|authentication failed", re.IGNORECASE)
+# Messages of an error that means the connection itself is gone (the server stopped or ended it),
+# for errors that carry no SQLSTATE (libpq's own, raised as OSError through Arrow's reader).
+_CONNECTION_LOST = re.compile(
+    r"terminating connection|server closed the connection|connection to server .* lost|"
+    r"no connection to the server|could not receive data|SSL SYSCALL|Broken pipe",
+    re.IGNORECASE,
+)
+# SQLSTATE classes that mean the connection is gone: 08 connection exception, 57P0x shutdown.
+_CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
 _PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s|%s")
 
 
@@ -523,10 +540,10 @@ class PostgresBackend(Backend):
     def __init__(self, url: ParsedURL, *, budget: Budget | int | str | None = None) -> None:
         super().__init__(url, budget=Budget.coerce(budget))
         self._dbapi = _import_dbapi()
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []  # (connection, idle since: time.monotonic())
         self._open: list[Any] = []
         # Connect now, so a wrong URL fails where it is opened rather than at first use.
-        self._idle.append(self._connect())
+        self._idle.append((self._connect(), time.monotonic()))
 
     # connections
 
@@ -564,6 +581,11 @@ class PostgresBackend(Backend):
                     f"database {self.url.database!r} does not exist on {where} "
                     f"({self.url.display}); create it or fix the URL"
                 ) from None
+            if _AUTH_FAILED.search(str(exc)):
+                raise SourceError(
+                    f"PostgreSQL at {where} refused the login ({self.url.display}): {message}; "
+                    "check the user name and password in the URL"
+                ) from None
             raise SourceError(
                 f"cannot connect to PostgreSQL at {where} ({self.url.display}): {message}; "
                 "check that the server is running and the user, password and database are right"
@@ -576,7 +598,7 @@ class PostgresBackend(Backend):
         """A connection for one operation: pooled when it ends cleanly, closed when it fails."""
         if self.closed:
             raise ConfigurationError(f"{self!r} is closed")
-        conn = self._idle.pop() if self._idle else self._connect()
+        conn = self._checkout()
         try:
             yield conn
         except BaseException:
@@ -588,9 +610,31 @@ class PostgresBackend(Backend):
             self._discard(conn)
             return
         if len(self._idle) < MAX_IDLE_CONNECTIONS and not self.closed:
-            self._idle.append(conn)
+            self._idle.append((conn, time.monotonic()))
         else:
             self._discard(conn)
+
+    def _checkout(self) -> Any:
+        """An idle connection that still works, else a new one."""
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < POOL_CHECK_AFTER_IDLE_S or self._alive(conn):
+                return conn
+            self._discard(conn)  # ended by the server meanwhile (a restart, a kill)
+        return self._connect()
+
+    def _alive(self, conn: Any) -> bool:
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+            finally:
+                cursor.close()
+            conn.rollback()
+        except (self._dbapi.Error, OSError):
+            return False
+        return True
 
     def _discard(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
@@ -603,6 +647,20 @@ class PostgresBackend(Backend):
             self._discard(conn)
         self._idle.clear()
         super().close()
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection to the server is gone."""
+        state = getattr(exc, "sqlstate", None) or ""
+        return state.startswith(_CONNECTION_LOST_STATES) or bool(
+            _CONNECTION_LOST.search(str(exc))
+        )
+
+    def _lost_error(self, exc: BaseException, doing: str) -> SourceError:
+        where = f"{self.url.host or 'localhost'}:{self.url.port or 5432}"
+        return SourceError(
+            f"lost the connection to PostgreSQL at {where} while {doing} ({_first_line(exc)}); "
+            "check that the server is up and run it again"
+        )
 
     # reading
 
@@ -653,13 +711,20 @@ class PostgresBackend(Backend):
                 except self._dbapi.Error as exc:
                     raise self._read_error(exc, what) from None
                 produced = False
+                rows_read = 0
                 while True:
                     try:
                         raw = reader.read_next_batch()
                     except StopIteration:
                         break
-                    except (self._dbapi.Error, pa.ArrowException) as exc:
+                    except (self._dbapi.Error, pa.ArrowException, OSError) as exc:
+                        # libpq errors inside Arrow's reader come out as plain OSError.
+                        if self._lost(exc):
+                            raise self._lost_error(
+                                exc, f"reading {what[:200]!r} after {rows_read} rows"
+                            ) from None
                         raise self._read_error(exc, what) from None
+                    rows_read += raw.num_rows
                     batch = plan.convert(raw)
                     sizer.observe(batch.num_rows, batch.nbytes)
                     sizer.check_memory(f"reading {what[:60]}")
@@ -708,6 +773,8 @@ class PostgresBackend(Backend):
         return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
 
     def _read_error(self, exc: Exception, what: str) -> Exception:
+        if self._lost(exc):
+            return self._lost_error(exc, f"reading {what[:200]!r}")
         state = getattr(exc, "sqlstate", None) or ""
         message = _first_line(exc)
         if state in ("42P01", "3F000"):
@@ -773,7 +840,11 @@ class PostgresBackend(Backend):
                     columns = self._table_columns(cursor, target)
                     conn.commit()
                 except self._dbapi.Error as exc:
-                    raise TargetError(f"cannot write to {name!r}: {_first_line(exc)}") from None
+                    hint = "; check that the server is up and run it again" if self._lost(
+                        exc) else ""
+                    raise TargetError(
+                        f"cannot write to {name!r}: {_first_line(exc)}{hint}"
+                    ) from None
                 if first is None:
                     first = _empty_batch(batches)
                     if first is None:
@@ -944,10 +1015,12 @@ class PostgresBackend(Backend):
                     raise
                 raise TargetError(
                     f"writing to {table_name!r} failed, nothing was committed: {message}"
+                    + ("; check that the server is up and run it again" if self._lost(exc)
+                       else "")
                 ) from None
             raise PartialWriteError(
                 f"writing to {table_name!r} failed after {committed_rows} rows were committed "
-                f"in earlier batches: {message}",
+                f"in earlier batches ({message}); {resume_hint(committed_rows, keys, last_key)}",
                 rows_committed=committed_rows,
                 resume_after=last_key,
             ) from (None if is_db_error else exc)
@@ -1035,6 +1108,19 @@ def _merge_sql(target, stage_name, columns, keys, upsert) -> str:
     return (
         f"INSERT INTO {target} ({names}) SELECT DISTINCT ON ({key_sql}) {exprs} FROM {stage} "
         f"ORDER BY {key_sql}, ctid DESC ON CONFLICT ({key_sql}) {action}"
+    )
+
+
+def resume_hint(rows: int, keys: Sequence[str] | None, last_key: tuple[Any, ...] | None) -> str:
+    """What to do after a partial append: where to go on from."""
+    if keys and last_key is not None:
+        return (
+            f"the last committed row has ({', '.join(keys)}) = {last_key!r} (resume_after): "
+            "write the rows that come after it in the input with mode='append'"
+        )
+    return (
+        f"the first {rows} rows of the input are in the table (rows_committed): skip them and "
+        "write the rest with mode='append', or pass key= to get the last committed key"
     )
 
 

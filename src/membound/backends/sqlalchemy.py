@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import uuid as _uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
+from membound.backends.postgres import resume_hint
 from membound.batching import (
     LOGICAL_TYPE_KEY,
     batch_to_rows,
@@ -52,6 +54,13 @@ __all__ = ["SQLAlchemyBackend"]
 STREAMS_NATIVELY = frozenset({"sqlite", "duckdb", "oracle"})
 # Tables built aside by "fail" and "replace" writes before they are renamed into place.
 TEMP_PREFIX = "_membound_tmp_"
+# Driver messages that mean the server refused the login (PostgreSQL, MySQL, SQL Server...).
+_AUTH_FAILED = re.compile(
+    r"password authentication failed|role \"[^\"]*\" does not exist|access denied|"
+    r"login failed|authentication failed|no password supplied",
+    re.IGNORECASE,
+)
+LOST_HINT = "check that the server is up and run it again"
 
 
 def _import_sqlalchemy() -> Any:
@@ -202,6 +211,11 @@ class SQLAlchemyBackend(Backend):
                     f"database {self.url.database!r} does not exist on {where} "
                     f"({self.url.display}): {message}"
                 ) from None
+            if _AUTH_FAILED.search(message):
+                raise SourceError(
+                    f"{self.dialect_name} at {where} refused the login ({self.url.display}): "
+                    f"{message}; check the user name and password in the URL"
+                ) from None
             raise SourceError(
                 f"cannot connect to {self.dialect_name} at {where} ({self.url.display}): "
                 f"{message}; check that the server is running and the credentials are right"
@@ -322,6 +336,14 @@ class SQLAlchemyBackend(Backend):
 
     def _read_error(self, exc: Exception, what: str) -> Exception:
         message = " ".join(str(getattr(exc, "orig", exc)).split())
+        if getattr(exc, "connection_invalidated", False):
+            where = f"{self.url.host or 'localhost'}" + (
+                f":{self.url.port}" if self.url.port else ""
+            )
+            return SourceError(
+                f"lost the connection to {self.dialect_name} at {where} while reading "
+                f"{what[:200]!r} ({message}); {LOST_HINT}"
+            )
         lowered = message.lower()
         if "no such table" in lowered or ("does not exist" in lowered and "relation" in lowered):
             return NotFoundError(f"{message} in {self.url.display}")
@@ -430,15 +452,20 @@ class SQLAlchemyBackend(Backend):
                     self._insert(conn, build, batch, None)
                 result.add(batch)
             with self.engine.begin() as conn:
-                if replace:
-                    old = sa.Table(table_name, sa.MetaData(), schema=schema_name)
-                    old.drop(conn)
-                conn.execute(
-                    sa.text(
-                        f"ALTER TABLE {preparer.format_table(build)} RENAME TO "
-                        f"{preparer.quote(table_name)}"
+                if self.engine.dialect.name in ("mysql", "mariadb"):
+                    # DDL is not transactional there: swap both names in one atomic RENAME
+                    # TABLE, so that no failure can leave the target dropped and not replaced.
+                    self._swap_mysql(conn, build, table_name, schema_name, replace=replace)
+                else:
+                    if replace:
+                        old = sa.Table(table_name, sa.MetaData(), schema=schema_name)
+                        old.drop(conn)
+                    conn.execute(
+                        sa.text(
+                            f"ALTER TABLE {preparer.format_table(build)} RENAME TO "
+                            f"{preparer.quote(table_name)}"
+                        )
                     )
-                )
         except BaseException as exc:
             with contextlib.suppress(Exception), self.engine.begin() as conn:
                 build.drop(conn, checkfirst=True)
@@ -446,10 +473,25 @@ class SQLAlchemyBackend(Backend):
                 left = "the old table is unchanged" if replace else "nothing was created"
                 raise TargetError(
                     f"writing {table_name!r} failed after {result.rows} rows, {left}: "
-                    f"{' '.join(str(exc.orig).split())}"
+                    f"{' '.join(str(exc.orig).split())}{_lost_hint(exc)}"
                 ) from None
             raise
         result.created = True
+
+    def _swap_mysql(self, conn, build, table_name, schema_name, *, replace: bool) -> None:
+        preparer = self.engine.dialect.identifier_preparer
+        target = sa_name = preparer.quote(table_name)
+        if schema_name:
+            target = f"{preparer.quote_schema(schema_name)}.{sa_name}"
+        built = preparer.format_table(build)
+        if not replace:
+            conn.execute(self._sa.text(f"RENAME TABLE {built} TO {target}"))
+            return
+        old = preparer.quote(f"{TEMP_PREFIX}old_{_uuid.uuid4().hex[:12]}")
+        if schema_name:
+            old = f"{preparer.quote_schema(schema_name)}.{old}"
+        conn.execute(self._sa.text(f"RENAME TABLE {target} TO {old}, {built} TO {target}"))
+        conn.execute(self._sa.text(f"DROP TABLE {old}"))
 
     def _append(self, table, first, stream, keys, result, *, upsert: bool) -> None:
         sa = self._sa
@@ -473,13 +515,19 @@ class SQLAlchemyBackend(Backend):
                     raise
                 raise TargetError(
                     f"writing to {table.name!r} failed, nothing was committed: {message}"
+                    f"{_lost_hint(exc)}"
                 ) from None
             raise PartialWriteError(
                 f"writing to {table.name!r} failed after {committed} rows were committed in "
-                f"earlier batches: {message}",
+                f"earlier batches ({message}); {resume_hint(committed, keys, last_key)}",
                 rows_committed=committed,
                 resume_after=last_key,
             ) from (None if is_db_error else exc)
+
+
+def _lost_hint(exc: BaseException) -> str:
+    """What to do when ``exc`` says the connection was lost (SQLAlchemy's disconnect check)."""
+    return f"; {LOST_HINT}" if getattr(exc, "connection_invalidated", False) else ""
 
 
 def _plain(rows: Sequence[Any], converters: dict[int, Any]) -> list[tuple]:
