@@ -62,6 +62,8 @@ FILE_FORMATS: dict[str, str] = {
 }
 # A bare path with one of these extensions is a SQLite database.
 SQLITE_EXTENSIONS = (".db", ".sqlite", ".sqlite3")
+# ... and with one of these a DuckDB database.
+DUCKDB_EXTENSIONS = (".duckdb", ".ddb")
 # Embedded stores named by a local path, written like SQLite's URLs: three slashes then a
 # relative path, four for an absolute one (lmdb:///rel/store, lmdb:////abs/store).
 EMBEDDED_SCHEMES = ("lmdb", "rocksdb", "leveldb")
@@ -163,9 +165,13 @@ def _parse_path(
     if last in SQLITE_EXTENSIONS:
         return ParsedURL(raw=raw or path, scheme="sqlite", path=path, table=table,
                          options=options or {})
+    if last in DUCKDB_EXTENSIONS:
+        return ParsedURL(raw=raw or path, scheme="duckdb", path=path, table=table,
+                         options=options or {})
     fmt = FILE_FORMATS.get(last)
     if fmt is None:
-        known = ", ".join(sorted(set(FILE_FORMATS) | set(SQLITE_EXTENSIONS)))
+        known = ", ".join(sorted(set(FILE_FORMATS) | set(SQLITE_EXTENSIONS)
+                                 | set(DUCKDB_EXTENSIONS)))
         raise URLError(
             f"{path!r} is neither a URL nor a file with a known extension ({known}); "
             "write a URL such as sqlite:///app.db or postgresql://host/db, or a file path "
