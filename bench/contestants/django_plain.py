@@ -1,0 +1,19 @@
+"""Django, a plain loop: ``for event in Event.objects.order_by("id")`` (the result cache)."""
+
+from __future__ import annotations
+
+from _common import ExportOptions, run_contestant
+from django_common import Digest, setup, source_path
+
+Event = setup(source_path())
+
+
+def export(options: ExportOptions) -> dict:
+    digest = Digest()
+    for event in Event.objects.order_by("id"):
+        digest.add(event)
+    return digest.write(options.output)
+
+
+if __name__ == "__main__":
+    run_contestant(export)
