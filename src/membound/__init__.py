@@ -20,11 +20,12 @@ ALLOCATOR_UNTUNED = "pyarrow" in _sys.modules and "MIMALLOC_PURGE_DELAY" not in 
 _os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 _os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 
-from membound.backends.base import Backend, WriteResult, open_backend
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+# The errors and the budget are plain Python and load now. Everything else loads on first use
+# (PEP 562), so `import membound` (or `import membound.django`) does not pull in pyarrow, which
+# adds about 40 MB to a process that only iterates rows.
 from membound.budget import BatchSizer, Budget, format_size, parse_size
-from membound.cache import Cache
-from membound.connect import Connection, OffsetPagingWarning, ResultSizeWarning, connect
-from membound.copy import copy
 from membound.errors import (
     CodecError,
     ConfigurationError,
@@ -43,9 +44,51 @@ from membound.errors import (
     TokenError,
     URLError,
 )
-from membound.keyset import Page
-from membound.memory import Measurement, gc_paused, measure, peak_rss_bytes, rss_bytes, trim
-from membound.report import RunReport
+
+_LAZY = {
+    "Backend": "membound.backends.base",
+    "WriteResult": "membound.backends.base",
+    "open_backend": "membound.backends.base",
+    "Cache": "membound.cache",
+    "Connection": "membound.handle",
+    "OffsetPagingWarning": "membound.handle",
+    "ResultSizeWarning": "membound.handle",
+    "connect": "membound.handle",
+    "copy": "membound.copy",
+    "Page": "membound.keyset",
+    "Measurement": "membound.memory",
+    "gc_paused": "membound.memory",
+    "measure": "membound.memory",
+    "peak_rss_bytes": "membound.memory",
+    "rss_bytes": "membound.memory",
+    "trim": "membound.memory",
+    "RunReport": "membound.report",
+}
+
+if _TYPE_CHECKING:
+    from membound.backends.base import Backend, WriteResult, open_backend
+    from membound.cache import Cache
+    from membound.handle import Connection, OffsetPagingWarning, ResultSizeWarning, connect
+    from membound.copy import copy
+    from membound.keyset import Page
+    from membound.memory import Measurement, gc_paused, measure, peak_rss_bytes, rss_bytes, trim
+    from membound.report import RunReport
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'membound' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -352,3 +352,19 @@ def _recorded_type(field: pa.Field) -> pa.DataType | None:
         return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(recorded))).field(0).type
     except (ValueError, pa.ArrowInvalid, IndexError):
         return None  # damaged metadata: fall back to inference rather than fail the copy
+
+
+class _CallableModule(type(sys)):
+    """This module, callable as :func:`copy`.
+
+    ``membound.copy`` names the function, but Python's import system sets the package attribute
+    to this submodule whenever ``membound.copy`` is imported as a module (``from membound.copy
+    import ...``), and ``membound`` loads its names lazily. Making the module callable keeps
+    ``membound.copy(source, target, ...)`` working whichever of the two the attribute holds.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return copy(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
