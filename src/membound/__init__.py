@@ -68,8 +68,8 @@ _LAZY = {
 if _TYPE_CHECKING:
     from membound.backends.base import Backend, WriteResult, open_backend
     from membound.cache import Cache
-    from membound.handle import Connection, OffsetPagingWarning, ResultSizeWarning, connect
     from membound.copy import copy
+    from membound.handle import Connection, OffsetPagingWarning, ResultSizeWarning, connect
     from membound.keyset import Page
     from membound.memory import Measurement, gc_paused, measure, peak_rss_bytes, rss_bytes, trim
     from membound.report import RunReport
