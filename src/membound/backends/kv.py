@@ -14,7 +14,9 @@ value codec that can carry a dict (``msgpack``, ``json``).
 
 :class:`PairBatcher` turns a stream of ``(key, value)`` pairs read from a store into Arrow record
 batches sized in bytes: a batch is emitted once its keys and values reach the budget's batch
-target, so a run of tiny values gives large batches and one huge value passes alone.
+target, so a run of tiny values gives large batches. A value that alone reaches the target makes
+a batch by itself when the caller flushes the pending pairs before adding it (as
+:func:`batch_pairs` and the backends do).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from membound.budget import Budget
 from membound.codecs import Codec, get_codec
 from membound.errors import ConfigurationError, SchemaError
 
-__all__ = ["KVFormat", "PairBatcher", "batch_pairs", "encode_text"]
+__all__ = ["KVFormat", "PairBatcher", "as_bytes_column", "batch_pairs", "encode_text"]
 
 # Per-pair overhead counted on top of the key and value bytes: the two Arrow offsets and the
 # Python bytes objects the driver hands over before they are copied into Arrow.
@@ -58,7 +60,8 @@ class KVFormat:
     @classmethod
     def from_options(cls, options: dict[str, str]) -> KVFormat:
         """Read ``keys=``, ``values=``, ``value_codec=``, ``key_column=`` from URL options."""
-        codec_name = options.get("value_codec") or None
+        # A "+" in a URL's query string reads as a space: "msgpack+zstd" arrives "msgpack zstd".
+        codec_name = (options.get("value_codec") or "").strip().replace(" ", "+") or None
         return cls(
             keys=_flag(options, "keys", ("bytes", "text"), "bytes"),
             values=_flag(options, "values", ("bytes", "text"), "bytes"),
@@ -112,14 +115,14 @@ class KVFormat:
                 f"a key-value store needs a {self.key_column!r} column; the source has "
                 f"{', '.join(names)}: rename one (SELECT id AS key ...) or set key_column="
             )
-        keys = _as_bytes_column(batch.column(self.key_column), self.key_column)
+        keys = as_bytes_column(batch.column(self.key_column), self.key_column)
         if self.value_column in names:
             column = batch.column(self.value_column)
             if self.value_codec is not None:
                 encode = self.value_codec.encode
                 values = [None if v is None else encode(v) for v in column.to_pylist()]
             else:
-                values = _as_bytes_column(column, self.value_column)
+                values = as_bytes_column(column, self.value_column)
         else:
             if self.value_codec is None:
                 raise SchemaError(
@@ -144,7 +147,7 @@ def _utf8(array: pa.Array, what: str) -> pa.Array:
         ) from None
 
 
-def _as_bytes_column(column: pa.Array, name: str) -> list[bytes | None]:
+def as_bytes_column(column: pa.Array, name: str) -> list[bytes | None]:
     kind = column.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(
         kind
@@ -197,6 +200,10 @@ def batch_pairs(
     """Turn a stream of raw pairs into byte-sized record batches."""
     batcher = PairBatcher(fmt, budget)
     for key, value in pairs:
+        if value is not None and len(value) >= batcher.target:
+            pending = batcher.flush()
+            if pending is not None:
+                yield pending
         batch = batcher.add(key, value)
         if batch is not None:
             yield batch
