@@ -187,3 +187,28 @@ def test_codecs_stops_reading_at_the_sample(events_db, monkeypatch):
     assert result.exit_code == 0, result.output
     assert closed == [True]
     assert sum(pulled[:-1]) < 20_000 <= sum(pulled)  # the last batch read completed the sample
+
+
+def test_copy_value_codec_into_and_out_of_a_key_value_store(tmp_path):
+    pytest.importorskip("lmdb")
+    pytest.importorskip("msgpack")
+    source = tmp_path / "kv.parquet"
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"key": ["a", "b"], "value": [{"n": 1}, {"n": 2}]}), source)
+    store = f"lmdb:///{tmp_path / 'store'}"
+    result = CliRunner().invoke(main, ["copy", str(source), store, "--value-codec",
+                                       "msgpack+zstd", "--quiet"])
+    assert result.exit_code == 0, result.output
+    back = tmp_path / "back.parquet"
+    result = CliRunner().invoke(main, ["copy", f"{store}?keys=text", str(back), "--value-codec",
+                                       "msgpack+zstd", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(back).to_pylist() == [{"key": "a", "value": {"n": 1}},
+                                               {"key": "b", "value": {"n": 2}}]
+
+
+def test_value_codec_needs_a_key_value_side(events_db, tmp_path):
+    result = CliRunner().invoke(main, ["copy", str(events_db), str(tmp_path / "x.parquet"),
+                                       "-t", "events", "--value-codec", "msgpack"])
+    assert result.exit_code != 0 and "key-value store" in result.output

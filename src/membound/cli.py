@@ -95,6 +95,9 @@ def main() -> None:
 @click.option("--decompress", "decompress", multiple=True, metavar="COL[=TYPE]",
               help="Decode column COL, written by --compress, back to its type (or TYPE: "
                    "string, int64...); repeat for more columns.")
+@click.option("--value-codec", metavar="CODEC",
+              help="Encode/decode the values of the key-value store side (Redis, LMDB, LevelDB, "
+                   "RocksDB) with CODEC, e.g. msgpack+zstd (as ?value_codec= in its URL).")
 @click.option("--report-json", type=click.Path(dir_okay=False),
               help="Also save the run report as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -111,6 +114,7 @@ def copy_command(
     keys: tuple[str, ...],
     compress: tuple[str, ...],
     decompress: tuple[str, ...],
+    value_codec: str | None,
     report_json: str | None,
     quiet: bool,
 ) -> None:
@@ -135,6 +139,8 @@ def copy_command(
     if query and table:
         raise click.UsageError("give --query or --table for the source, not both; use "
                                "--target-table to name the target")
+    if value_codec:
+        source, target = _with_value_codec(source, target, value_codec)
     show = not quiet and sys.stderr.isatty()
     try:
         with _progress(show, "copying") as progress:
@@ -155,6 +161,32 @@ def copy_command(
     except MemboundError as exc:
         raise click.ClickException(str(exc)) from None
     _show(report, report_json)
+
+
+_KEY_VALUE_SCHEMES = ("redis", "rediss", "lmdb", "leveldb", "rocksdb")
+
+
+def _with_value_codec(source: str, target: str, codec: str) -> tuple[str, str]:
+    """Add ``value_codec=`` to the URL(s) of the key-value store side(s) of a copy."""
+    from urllib.parse import quote
+
+    from membound.urls import parse_url
+
+    def add(url: str) -> tuple[str, bool]:
+        try:
+            scheme = parse_url(url).scheme
+        except MemboundError:
+            return url, False
+        if scheme not in _KEY_VALUE_SCHEMES:
+            return url, False
+        return f"{url}{'&' if '?' in url else '?'}value_codec={quote(codec, safe='')}", True
+
+    source, in_source = add(source)
+    target, in_target = add(target)
+    if not (in_source or in_target):
+        raise click.UsageError("--value-codec applies to a key-value store (redis://, lmdb://, "
+                               "leveldb://, rocksdb://); neither SOURCE nor TARGET is one")
+    return source, target
 
 
 def _pairs(
