@@ -83,15 +83,26 @@ class TableInfo:
 class Stream:
     """An open cursor over one result, read in chunks sized in bytes."""
 
-    def __init__(self, session: Session, cursor: Any, budget: Budget) -> None:
+    def __init__(self, session: Session, cursor: Any, budget: Budget, *,
+                 bounded: bool = False) -> None:
         self.session = session
         self.cursor = cursor
         self.budget = budget
+        self.bounded = bounded  # the SQL has a small LIMIT: one fetch reads it all
         self.columns = [d[0] for d in cursor.description or ()]
         self.exhausted = False
         self.closed = False
 
     def chunks(self) -> Iterator[list[tuple]]:
+        if self.bounded:
+            try:
+                rows = self.cursor.fetchall()
+            except Exception as exc:
+                raise self.session.error(exc, "reading the result") from exc
+            self.exhausted = True
+            if rows:
+                yield list(rows)
+            return
         sizer = self.budget.sizer()
         while True:
             if self.closed:
@@ -150,7 +161,10 @@ class Session:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def stream(self, sql: str, params: Any, budget: Budget) -> Stream:
+    def stream(self, sql: str, params: Any, budget: Budget, *, bounded: bool = False
+               ) -> Stream:
+        """Run ``sql`` and return its open result. ``bounded``: the SQL carries a small LIMIT
+        (a page), so the driver's plain buffered cursor is the fastest safe choice."""
         cursor = self.conn.cursor()
         try:
             cursor.execute(sql, params) if params is not None else cursor.execute(sql)
@@ -158,7 +172,7 @@ class Session:
             with contextlib.suppress(Exception):
                 cursor.close()
             raise self.error(exc, "the query") from exc
-        return Stream(self, cursor, budget)
+        return Stream(self, cursor, budget, bounded=bounded)
 
     def close_stream(self, stream: Stream) -> None:
         with contextlib.suppress(Exception):
@@ -419,13 +433,21 @@ class PostgresSession(Session):
     dialect = "postgresql"
     _counter = itertools.count(1)
 
-    def stream(self, sql: str, params: Any, budget: Budget) -> Stream:
-        if not _DECLARABLE.match(sql):
-            # EXPLAIN, SHOW...: no server-side cursor can hold them, and their results are small.
-            return super().stream(sql, params, budget)
+    def stream(self, sql: str, params: Any, budget: Budget, *, bounded: bool = False
+               ) -> Stream:
         conn = self.conn
-        tx = None
         before = conn.info.transaction_status
+        if bounded or not _DECLARABLE.match(sql):
+            # A page (small LIMIT), or EXPLAIN, SHOW...: no server-side cursor needed (or
+            # possible); one round trip. The transaction it may open is ended on close.
+            try:
+                stream = super().stream(sql, params, budget, bounded=bounded)
+            except BaseException:
+                self._end(None, before, failed=True)
+                raise
+            stream.pg_state = (None, before)  # type: ignore[attr-defined]
+            return stream
+        tx = None
         if conn.autocommit:
             tx = conn.transaction()
             tx.__enter__()
@@ -459,7 +481,7 @@ class PostgresSession(Session):
         with contextlib.suppress(Exception):
             if tx is not None:
                 tx.__exit__(None, None, None)
-            elif before == TransactionStatus.IDLE:
+            elif before == TransactionStatus.IDLE and not conn.autocommit:
                 if conn.info.transaction_status == TransactionStatus.INERROR:
                     conn.rollback()
                 else:
@@ -536,7 +558,21 @@ class MySQLSession(Session):
         self._spare: Any = None  # an owned stream connection kept for the next stream
         self._busy: Stream | None = None  # a stream reading on an adopted connection
 
-    def stream(self, sql: str, params: Any, budget: Budget) -> Stream:
+    def stream(self, sql: str, params: Any, budget: Budget, *, bounded: bool = False
+               ) -> Stream:
+        if bounded:
+            # A page (small LIMIT): a buffered result on the statement connection, one trip.
+            conn = self._ensure()
+            cursor = conn.cursor()
+            try:
+                cursor.execute(sql, params)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+                raise self.error(exc, "the query") from exc
+            stream = Stream(self, cursor, budget, bounded=True)
+            stream.mysql_conn = None  # type: ignore[attr-defined]
+            return stream
         # An unbuffered result occupies its connection until read to the end: an owned session
         # gives each stream a connection of its own, so statements can run meanwhile.
         if self.owned and self._reopen is not None:
@@ -568,6 +604,10 @@ class MySQLSession(Session):
 
     def close_stream(self, stream: Stream) -> None:
         conn = stream.mysql_conn  # type: ignore[attr-defined]
+        if conn is None:  # a buffered page
+            with contextlib.suppress(Exception):
+                stream.cursor.close()
+            return
         if conn is not self.conn:
             if stream.exhausted and self._spare is None:
                 with contextlib.suppress(Exception):

@@ -105,6 +105,7 @@ class Connection:
         self._token_secret = token_secret
         self._streams: set[drivers.Stream] = set()
         self._backend: Any = None
+        self._page_info: dict[str, Any] = {}  # table -> drivers.TableInfo, for page()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -293,7 +294,9 @@ class Connection:
         back); None starts at the beginning. On a table, a key that is not unique gets the
         primary key appended as tie-breaker. NULL key values sort after all others ascending
         (before them descending) on every database. ``offset=`` pages by OFFSET instead, only
-        when asked for, with :class:`OffsetPagingWarning` past 10,000 rows.
+        when asked for, with :class:`OffsetPagingWarning` past 10,000 rows. A handle
+        remembers a table's columns and keys after its first page: after ALTER TABLE, page
+        through a new handle.
         """
         self._check_open()
         if int(size) < 1:
@@ -308,12 +311,13 @@ class Connection:
                                              key_length=len(q.key), secret=self._token_secret)
         sql, seek_params = keyset_sql(q, position, forward=forward, limit=size + 1,
                                       placeholder=self.placeholder)
-        stream = self._session.stream(sql, _join_params(params, seek_params), self.budget)
+        stream = self._session.stream(sql, _join_params(params, seek_params), self.budget,
+                                      bounded=True)
         self._streams.add(stream)
         try:
             positions = [stream.columns.index(k) for k in q.key]
-            raw = list(itertools.islice(itertools.chain.from_iterable(stream.chunks()),
-                                        size + 1))
+            # The SQL says LIMIT size + 1: reading it whole is bounded.
+            raw = [row for chunk in stream.chunks() for row in chunk]
             names = stream.columns[: len(stream.columns) - strip]
         finally:
             self._streams.discard(stream)
@@ -375,7 +379,10 @@ class Connection:
             source = table_or_query.strip().rstrip(";")
             nullable = tuple(True for _ in keys)
         else:
-            info = self._session.table_info(table_or_query)
+            # Cached per handle: three catalog queries would cost more than the page itself.
+            info = self._page_info.get(table_or_query)
+            if info is None:
+                info = self._page_info[table_or_query] = self._session.table_info(table_or_query)
             missing = [k for k in keys if k not in info.columns]
             if missing:
                 raise ConfigurationError(
