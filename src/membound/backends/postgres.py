@@ -937,9 +937,10 @@ class PostgresBackend(Backend):
                     f"table {table_name!r} was created by someone else meanwhile"
                 ) from None
             left = "the old table is unchanged" if replace else "nothing was created"
+            hint = "; check that the server is up and run it again" if self._lost(exc) else ""
             raise TargetError(
                 f"writing {table_name!r} failed after {result.rows} rows, {left}: "
-                f"{_first_line(exc)}"
+                f"{_first_line(exc)}{hint}"
             ) from None
         except BaseException:
             with contextlib.suppress(Exception):
