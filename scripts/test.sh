@@ -14,14 +14,21 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-# LevelDB's C library comes from Debian's packages (plyvel links against it); installed here when
-# missing and we are root.
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libleveldb; then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libleveldb-dev; } \
+# C libraries from Debian's packages, installed here when missing and we are root: LevelDB's
+# (plyvel links against it) and MariaDB's client library (mysqlclient, the fast MySQL read path).
+apt_packages=""
+ldconfig -p | grep -q libleveldb || apt_packages="$apt_packages libleveldb-dev"
+{ [ -f /usr/include/mariadb/mysql.h ] && command -v pkg-config >/dev/null; } || \
+  apt_packages="$apt_packages libmariadb-dev pkg-config"
+if [ -n "$apt_packages" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $apt_packages; } \
     >/dev/null || true
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test,all]'
+# mysqlclient needs a C compiler and libmariadb-dev; without them the PyMySQL path is tested alone.
+.venv/bin/python -m pip install --quiet -e '.[mysql-fast]' || \
+  echo "mysqlclient did not build: MariaDB reads are tested through PyMySQL only" >&2
 
 # Start the local servers the machine ships with if they stopped (no-ops when running or absent).
 if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
