@@ -87,6 +87,9 @@ class Backend(ABC):
     extra: ClassVar[str] = ""
     #: Whether the store keeps its own on-disk/server state a failed write must not disturb.
     name: ClassVar[str] = "backend"
+    #: True when the backend builds Arrow arrays from Python values (pyarrow then imports pandas,
+    #: ~50 MB, on first use): ``copy()`` pays that before it starts measuring.
+    converts_python_values: ClassVar[bool] = False
 
     def __init__(self, url: ParsedURL, *, budget: Budget | None = None) -> None:
         self.url = url

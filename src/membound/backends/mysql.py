@@ -473,6 +473,8 @@ class MySQLBackend(Backend):
     database or table -> :class:`NotFoundError`; rejected SQL -> :class:`QueryError`.
     """
 
+    converts_python_values = True  # rows arrive as Python values
+
     extra = "mysql"
     name = "mysql"
 

@@ -168,6 +168,8 @@ class SQLAlchemyBackend(Backend):
     missing table -> :class:`NotFoundError`; rejected SQL -> :class:`QueryError`.
     """
 
+    converts_python_values = True  # rows arrive as Python values
+
     extra = "sqlalchemy"
     name = "sqlalchemy"
 
