@@ -5,11 +5,11 @@ from __future__ import annotations
 # isort: off
 import membound.django  # noqa: F401 (first, as membound's docs say)
 from _common import ExportOptions, run_contestant
-from django_common import Digest, setup, source_path
+from django_common import Digest, setup, source_path, table_name
 
 # isort: on
 
-Event = setup(source_path())
+Event = setup(source_path(), table_name())
 
 from membound.django import chunked  # noqa: E402 (needs Django set up for its app registry)
 

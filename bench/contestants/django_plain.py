@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from _common import ExportOptions, run_contestant
-from django_common import Digest, setup, source_path
+from django_common import Digest, setup, source_path, table_name
 
-Event = setup(source_path())
+Event = setup(source_path(), table_name())
 
 
 def export(options: ExportOptions) -> dict:

@@ -151,13 +151,17 @@ class Budget:
         share = int(self.max_memory * BATCH_SHARE)
         return max(MIN_BATCH_BYTES, min(MAX_BATCH_BYTES, share))
 
-    def sizer(self, *, share: float = 1.0, conversion: bool = True) -> BatchSizer:
+    def sizer(
+        self, *, share: float = 1.0, conversion: bool = True, warm: bool = True
+    ) -> BatchSizer:
         """A fresh :class:`BatchSizer` for one stream; ``share`` scales its batch target.
 
         ``conversion=False`` says the stream never turns Python objects into Arrow, so the
         one-time cost of pyarrow's first such conversion need not be paid before the baseline.
+        ``warm=False`` says the stream never touches Arrow at all (Django model rows): no
+        warm-up, so pyarrow is not even imported.
         """
-        return BatchSizer(self, share=share, conversion=conversion)
+        return BatchSizer(self, share=share, conversion=conversion, warm=warm)
 
 
 class BatchSizer:
@@ -169,12 +173,16 @@ class BatchSizer:
     still passes, alone. :meth:`check_memory` enforces the budget's policy.
     """
 
-    def __init__(self, budget: Budget, *, share: float = 1.0, conversion: bool = True) -> None:
+    def __init__(
+        self, budget: Budget, *, share: float = 1.0, conversion: bool = True, warm: bool = True
+    ) -> None:
         from membound.memory import rss_bytes, warm_up
 
         # The baseline is taken after one-time costs (pyarrow imports pandas and numpy on its
-        # first conversion, ~50 MB) so that they are not charged to the first batch.
-        warm_up(conversion=conversion)
+        # first conversion, ~50 MB) so that they are not charged to the first batch. A stream
+        # that never uses Arrow skips them: importing pyarrow alone would cost it ~40 MB.
+        if warm:
+            warm_up(conversion=conversion)
         self.budget = budget
         self.target_bytes = max(MIN_BATCH_BYTES, int(budget.batch_bytes * share))
         self.bytes_per_row: float | None = None

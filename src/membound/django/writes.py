@@ -3,22 +3,25 @@
 Django's own ``bulk_create(objs)`` begins with ``list(objs)``: a generator of a million
 instances is a million instances in memory before the first INSERT. These take the iterable
 lazily, cut it into batches sized in bytes from the budget (the sizes of the instances, sampled)
-and hand each batch to Django's ``bulk_create`` / ``bulk_update``, which split it further where
-the database limits query parameters. Each batch is its own short transaction, or all of them
-one transaction with ``atomic=True``.
+and write each batch: ``bulk_create`` through :mod:`membound.django.direct` (values prepared
+column by column, COPY or multi-row INSERTs) where the model allows it, otherwise, and for
+``bulk_update``, through Django's own method, which splits it further where the database limits
+query parameters. Each batch is its own short transaction, or all of them one transaction with
+``atomic=True``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import DatabaseError, models, transaction
 from django.db.models import Manager, QuerySet
 
-from membound.budget import DEFAULT_MAX_MEMORY, Budget, Policy
-from membound.django.iteration import _instance_size, _RowSizer
+from membound.budget import DEFAULT_MAX_MEMORY, BatchSizer, Budget, Policy
+from membound.django.direct import direct_insert_for
+from membound.django.iteration import _instance_size
 from membound.errors import ConfigurationError, PartialWriteError, TargetError
 from membound.memory import gc_paused
 
@@ -47,7 +50,7 @@ def _target(model_or_queryset: Any, using: str | None) -> QuerySet:
     return queryset.using(using) if using else queryset
 
 
-def _batches(objs: Iterable[models.Model], sizer: _RowSizer) -> Iterator[list[models.Model]]:
+def _batches(objs: Iterable[models.Model], sizer: BatchSizer) -> Iterator[list[models.Model]]:
     """The objects in lists of about the sizer's target bytes, consumed lazily."""
     batch: list[models.Model] = []
     nbytes = 0
@@ -69,13 +72,13 @@ def _batches(objs: Iterable[models.Model], sizer: _RowSizer) -> Iterator[list[mo
 def _write(
     queryset: QuerySet,
     objs: Iterable[models.Model],
-    write: Any,
+    write: Callable[[list[models.Model], BatchSizer], int],
     *,
     budget: Budget,
     atomic: bool,
     what: str,
 ) -> int:
-    sizer = _RowSizer(budget)
+    sizer = budget.sizer(warm=False)
     done = 0
     where = f"{what} {queryset.model.__name__} rows"
     outer = transaction.atomic(using=queryset.db) if atomic else contextlib.nullcontext()
@@ -84,7 +87,7 @@ def _write(
             for batch in _batches(objs, sizer):
                 with gc_paused():
                     # Django's SQL compilation makes many short-lived objects, none cyclic.
-                    done += write(batch)
+                    done += write(batch, sizer)
                 del batch
                 sizer.check_memory(where)
     except DatabaseError as exc:
@@ -112,14 +115,21 @@ def bulk_create(
     update_conflicts: bool = False,
     update_fields: Sequence[str] | None = None,
     unique_fields: Sequence[str] | None = None,
+    set_primary_keys: bool = False,
 ) -> int:
     """Insert the instances of any iterable in batches sized in bytes; returns how many.
 
     ``objs`` is consumed lazily (a generator stays a generator): at most one batch of about
-    ``max_memory / 16`` is held, then handed to Django's ``bulk_create``, which sets primary
-    keys where the database returns them. The objects are not kept: keep your own references
-    if you need them afterwards. Each batch commits on its own; ``atomic=True`` makes the whole
+    ``max_memory / 16`` is held, then written and dropped: keep your own references if you need
+    the objects afterwards. Each batch commits on its own; ``atomic=True`` makes the whole
     write one transaction. Conflict options are Django's.
+
+    Speed: for a plain model (no multi-table inheritance, ``auto_now``, ``db_default`` or
+    generated field) on SQLite, PostgreSQL or MySQL/MariaDB, a batch is written without Django's
+    per-row SQL compilation (COPY on PostgreSQL with psycopg 3, multi-row INSERTs elsewhere),
+    about twice as fast; auto-increment primary keys then stay unset on the instances. Pass
+    ``set_primary_keys=True`` to hand every batch to Django's ``bulk_create``, which sets them
+    where the database returns them. Conflict options always go through Django.
 
     Raises :class:`~membound.errors.PartialWriteError` (with ``rows_committed``) when a batch
     fails after earlier ones were committed, :class:`~membound.errors.TargetError` when nothing
@@ -134,7 +144,13 @@ def bulk_create(
         options.update(update_conflicts=True, update_fields=update_fields,
                        unique_fields=unique_fields)
 
-    def write(batch: list[models.Model]) -> int:
+    direct = None if set_primary_keys else direct_insert_for(queryset, options)
+
+    def write(batch: list[models.Model], sizer: BatchSizer) -> int:
+        if direct is not None:
+            written = direct.write(batch, sizer.bytes_per_row)
+            if written >= 0:
+                return written
         queryset.bulk_create(batch, **options)
         return len(batch)
 
@@ -172,7 +188,7 @@ def bulk_update(
         )
     names = list(fields)
 
-    def write(batch: list[models.Model]) -> int:
+    def write(batch: list[models.Model], sizer: BatchSizer) -> int:
         return queryset.bulk_update(batch, names, batch_size=UPDATE_ROWS_PER_STATEMENT)
 
     return _write(queryset, objs, write, budget=budget, atomic=atomic, what="bulk_update of")

@@ -45,3 +45,17 @@ class Event(models.Model):
     amount = models.FloatField(null=True)
     payload = models.TextField(null=True)
     flag = models.BooleanField(null=True)
+
+
+class Stamped(models.Model):
+    """A field with its own pre_save (auto_now_add): bulk_create must go through Django."""
+
+    name = models.CharField(max_length=40)
+    created = models.DateTimeField(auto_now_add=True)
+
+
+class Defaulted(models.Model):
+    """A database default (db_default): bulk_create must go through Django."""
+
+    name = models.CharField(max_length=40)
+    rank = models.IntegerField(db_default=7)
