@@ -504,3 +504,19 @@ def test_read_stays_in_budget(written: tuple[Path, int, dict]) -> None:
     assert measured["ids"] == rows * (rows - 1) // 2
     assert measured["chars"] == rows * 100
     assert measured["peak"] <= 1.1 * BUDGET
+
+
+def test_parquet_pages_and_statistics(tmp_path: Path) -> None:
+    table = pa.table({"id": list(range(50_000)), "text": [f"t{i:06d}" for i in range(50_000)],
+                      "blob": [bytes([i % 256]) * 8 for i in range(50_000)]})
+    for option in ("", "?page_version=1"):
+        target = tmp_path / "pages.parquet"
+        FileBackend(f"file://{target}{option}").write(None, table.to_batches(), mode="replace")
+        assert pq.read_table(target).equals(table)
+        column = pq.ParquetFile(target).metadata.row_group(0)
+        # Statistics for all but binary columns.
+        assert column.column(0).statistics.has_min_max
+        assert column.column(1).statistics.has_min_max
+        assert column.column(2).statistics is None or not column.column(2).statistics.has_min_max
+    with pytest.raises(ConfigurationError, match="page_version"):
+        FileBackend(f"file://{tmp_path}/x.parquet?page_version=3")

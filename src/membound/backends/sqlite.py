@@ -71,6 +71,10 @@ FAST_SAMPLE_ROWS = 2_000
 # statement, and rows that come one at a time are what that path is for.
 FAST_MAX_RESTARTS = 100
 FAST_ROWS_PER_RESTART = 10_000
+# ADBC batches below this share of the batch target are merged (copied) into one; larger ones
+# pass as they come. On the events table ADBC's batches are ~0.4 of the target: merging them
+# copied every byte once more (+0.1 s CPU and ~100k page faults per 2M rows).
+FAST_MERGE_BELOW = 1 / 4
 # SQLite's page cache is memory too: each connection gets this share of the budget instead of
 # SQLite's default 2 MB, and at least 256 KiB (below that, scans re-read internal pages).
 PAGE_CACHE_SHARE = 1 / 64
@@ -80,6 +84,7 @@ TEMP_PREFIX = "_membound_tmp_"
 
 _WIDTH_COLUMN = "__membound_width"
 _BIG_COLUMN = "__membound_big"
+_ROWID_COLUMN = "__membound_rowid"
 _DECIMAL_RE = re.compile(r"^DECIMAL TEXT\((\d+),\s*(\d+)\)$", re.IGNORECASE)
 
 
@@ -376,8 +381,9 @@ class SQLiteBackend(Backend):
         width = " + ".join(
             f"coalesce(min(length({quote_identifier(n)}), {limit}), 0)" for n in names
         ) or "0"
+        # coalesce: one NULL term would make the whole mask NULL and lose the large value.
         big = " + ".join(
-            f"(length({quote_identifier(names[i]) }) > {limit}) * {1 << k}"
+            f"coalesce(length({quote_identifier(names[i])}) > {limit}, 0) * {1 << k}"
             for k, i in enumerate(guarded)
         ) or "0"
         rowid = "rowid, " if guarded else ""
@@ -409,15 +415,11 @@ class SQLiteBackend(Backend):
         names = schema.names
         guarded = [i for i, f in enumerate(schema)
                    if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
-        conn = self._connect(write=False)
-        not_null = {row[1] for row in conn.execute(
-            f"PRAGMA table_info({quote_identifier(table)})") if row[3]}
-        nullable = [i for i in guarded if names[i] not in not_null]
         sizer = budget.sizer(conversion=False)
         widths = self._widest_values([names[i] for i in guarded],
                                      f"(SELECT * FROM {quote_identifier(table)} "
                                      f"LIMIT {FAST_SAMPLE_ROWS})")
-        return self._fast_stream(table, schema, budget, sizer, guarded, nullable,
+        return self._fast_stream(table, schema, budget, sizer, guarded,
                                  [FAST_WIDTH_HEADROOM * w for w in widths])
 
     def _widest_values(self, columns: Sequence[str], source: str) -> list[int]:
@@ -445,26 +447,34 @@ class SQLiteBackend(Backend):
         scale = target / (rows * sum(expected))
         return rows, [max(1, int(width * scale)) for width in expected]
 
-    def _fast_sql(self, table: str, schema: pa.Schema, guarded: Sequence[int],
-                  nullable: Sequence[int], limits: Sequence[int], after: int | None) -> str:
+    @staticmethod
+    def _fast_sql(table: str, schema: pa.Schema, guarded: Sequence[int],
+                  limits: Sequence[int], after: int | None) -> str:
+        """The fast path's query: the rowid, then the columns, each text/blob value above its
+        limit replaced by NULL; a row with such a value gets a NULL rowid, which flags it.
+
+        Sizes are bytes, asked with octet_length(): SQLite answers it from the record header
+        without loading the value (length() counts a text's characters, so it reads it whole:
+        measured +0.5 s per 2M rows of events, and it undercounts multibyte text). A flag in the
+        rowid column costs nothing more; a flag column per nullable column (typeof()) cost
+        another 0.5 s.
+        """
         names = schema.names
+        size = _adbc_byte_length()
         select = []
+        over = []
         for i, name in enumerate(names):
             q = quote_identifier(name)
             if i in guarded:
-                limit = limits[guarded.index(i)]
-                select.append(f"CASE WHEN length({q}) > {limit} THEN NULL ELSE {q} END AS {q}")
+                test = f"{size.format(q)} > {limits[guarded.index(i)]}"
+                over.append(test)
+                select.append(f"CASE WHEN {test} THEN NULL ELSE {q} END AS {q}")
             else:
                 select.append(q)
-        # A held-back value comes back NULL. For NOT NULL columns that alone flags it; nullable
-        # ones also send whether the stored value is NULL, asked with typeof(): SQLite answers
-        # it from the record header, where "x IS NULL" would load a 20 MB value whole.
-        stored = "".join(
-            f", (typeof({quote_identifier(names[i])}) <> 'null') AS {_BIG_COLUMN}_{k}"
-            for k, i in enumerate(nullable)
-        )
+        # Not aliased "rowid": ORDER BY rowid would then sort by this expression.
+        rowid = (f"CASE WHEN {' OR '.join(over)} THEN NULL ELSE rowid END" if over else "rowid")
         where = f" WHERE rowid > {int(after)}" if after is not None else ""
-        return (f"SELECT rowid, {', '.join(select)}{stored} "
+        return (f"SELECT {rowid} AS {_ROWID_COLUMN}, {', '.join(select)} "
                 f"FROM {quote_identifier(table)}{where} ORDER BY rowid")
 
     def _fast_stream(
@@ -474,7 +484,6 @@ class SQLiteBackend(Backend):
         budget: Budget,
         sizer: BatchSizer,
         guarded: Sequence[int],
-        nullable: Sequence[int],
         widths: list[int],
     ) -> Iterator[pa.RecordBatch]:
         target = sizer.target_bytes
@@ -484,9 +493,8 @@ class SQLiteBackend(Backend):
         rows_read = 0
         while True:
             rows_per_batch, limits = self._fast_plan(target, widths)
-            sql = self._fast_sql(table, schema, guarded, nullable, limits, after)
-            outcome = yield from self._fast_run(sql, rows_per_batch, schema, guarded, nullable,
-                                                sizer, pending)
+            sql = self._fast_sql(table, schema, guarded, limits, after)
+            outcome = yield from self._fast_run(sql, rows_per_batch, schema, sizer, pending)
             status, last_rowid, rows = outcome[:3]
             rows_read += rows
             if pending:
@@ -506,8 +514,11 @@ class SQLiteBackend(Backend):
                     table, schema, budget, has_rowid=True,
                     after_rowid=after if after is not None else -(2**63))
                 return
-            # status == "large": the row after `after` holds a held-back value.
-            large_rowid = outcome[3]
+            # status == "large": the row after `after` holds a held-back value; its rowid came
+            # back NULL, so ask for it (a lookup in the rowid b-tree).
+            large_rowid = self._next_rowid(table, after)
+            if large_rowid is None:  # deleted meanwhile: go on after it
+                continue
             width = 0
             # Give freed heap back before a value this size is read (a few ms; such rows are
             # rare): otherwise the heap's high-water mark adds to it.
@@ -532,13 +543,11 @@ class SQLiteBackend(Backend):
         sql: str,
         rows_per_batch: int,
         schema: pa.Schema,
-        guarded: Sequence[int],
-        nullable: Sequence[int],
         sizer: BatchSizer,
         pending: list[pa.RecordBatch],
     ) -> Iterator[pa.RecordBatch]:
-        """One ADBC statement. Yields merged batches; returns ``(status, last_rowid, rows)``
-        plus the held-back row's rowid for status ``"large"``."""
+        """One ADBC statement. Yields merged batches; returns ``(status, last_rowid, rows)``;
+        with status ``"large"``, the row after ``last_rowid`` holds a held-back value."""
         adbc = _adbc_sqlite()
         handles: list[Any] = []
         reader = None
@@ -571,33 +580,40 @@ class SQLiteBackend(Backend):
                     return ("type", last_rowid, rows)
                 if raw.num_rows == 0:
                     continue
-                batch, first_large = self._fast_conform(raw, schema, guarded, nullable)
-                large_rowid = None
+                batch, first_large = self._fast_conform(raw, schema)
                 if first_large is not None:
-                    large_rowid = raw.column(0)[first_large].as_py()
                     batch = batch.slice(0, first_large)
                     if first_large:
                         last_rowid = raw.column(0)[first_large - 1].as_py()
                 else:
                     last_rowid = raw.column(0)[raw.num_rows - 1].as_py()
                 rows += batch.num_rows
-                # ADBC's batches are sized for the worst case; merge them up to the target
-                # (one copy of a few MB) so sinks see batches of the size the budget means.
+                del raw  # its buffers live on in batch; the rest goes before the next read
+                # ADBC's batches are sized for the worst case. One of a fair share of the
+                # target goes on as it is; smaller ones are merged up to the target (a copy),
+                # so sinks never see a trickle of tiny batches.
                 nbytes = batch_nbytes(batch)
-                if pending and pending_bytes + nbytes > sizer.target_bytes:
+                if batch.num_rows and nbytes >= FAST_MERGE_BELOW * sizer.target_bytes:
+                    if pending:
+                        yield self._observed(_concat(pending), sizer)
+                        pending.clear()
+                        pending_bytes = 0
+                    yield self._observed(batch, sizer)
+                    batch = None
+                elif pending and pending_bytes + nbytes > sizer.target_bytes:
                     yield self._observed(_concat(pending), sizer)
                     pending.clear()
                     pending_bytes = 0
-                if batch.num_rows:
+                if batch is not None and batch.num_rows:
                     pending.append(batch)
                     pending_bytes += nbytes
-                del batch
+                batch = None
                 if pending_bytes >= sizer.target_bytes:
                     yield self._observed(_concat(pending), sizer)
                     pending.clear()
                     pending_bytes = 0
-                if large_rowid is not None:
-                    return ("large", last_rowid, rows, large_rowid)
+                if first_large is not None:
+                    return ("large", last_rowid, rows)
         finally:
             if reader is not None:
                 reader.close()
@@ -606,27 +622,25 @@ class SQLiteBackend(Backend):
 
     @staticmethod
     def _fast_conform(
-        raw: pa.RecordBatch,
-        schema: pa.Schema,
-        guarded: Sequence[int],
-        nullable: Sequence[int],
+        raw: pa.RecordBatch, schema: pa.Schema
     ) -> tuple[pa.RecordBatch, int | None]:
-        """An ADBC batch in the schema's types, and the index of its first row whose large
-        value came back as NULL (None when there is none)."""
+        """An ADBC batch in the schema's types, and the index of its first row with a
+        held-back value, flagged by a NULL rowid (None when there is none)."""
         columns = [_conform(raw.column(i + 1), field) for i, field in enumerate(schema)]
         batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-        first: int | None = None
+        rowids = raw.column(0)
+        if not rowids.null_count:
+            return batch, None
         # No Python scalars here (pc.equal(x, 0) and the like): pyarrow's first conversion of
         # a Python value imports pandas, ~50 MB this path otherwise never needs.
-        for i in guarded:
-            hole = columns[i].is_null()
-            if i in nullable:
-                stored = raw.column(len(schema) + 1 + nullable.index(i))
-                hole = pc.and_(hole, pc.cast(stored, pa.bool_()))
-            if pc.any(hole).as_py():
-                index = pc.indices_nonzero(hole)[0].as_py()
-                first = index if first is None else min(first, index)
-        return batch, first
+        return batch, pc.indices_nonzero(rowids.is_null())[0].as_py()
+
+    def _next_rowid(self, table: str, after: int | None) -> int | None:
+        where = f" WHERE rowid > {int(after)}" if after is not None else ""
+        row = self._connect(write=False).execute(
+            f"SELECT rowid FROM {quote_identifier(table)}{where} ORDER BY rowid LIMIT 1"
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     @staticmethod
     def _observed(batch: pa.RecordBatch, sizer: BatchSizer) -> pa.RecordBatch:
@@ -961,6 +975,35 @@ def _adbc_sqlite() -> Any:
     return _ADBC or None
 
 
+_BYTE_LENGTH: str | None = None
+
+
+def _adbc_byte_length() -> str:
+    """SQL for a value's size in bytes in ADBC's SQLite, ``{}`` standing for the value:
+    octet_length() (SQLite 3.43+) reads only the record header; older versions get
+    length(CAST(... AS BLOB)), which loads the value."""
+    global _BYTE_LENGTH
+    if _BYTE_LENGTH is None:
+        adbc = _adbc_sqlite()
+        _BYTE_LENGTH = "length(CAST({} AS BLOB))"
+        handles: list[Any] = []
+        try:
+            handles.append(adbc.sqlite.connect(":memory:"))
+            handles.append(adbc.manager.AdbcConnection(handles[0]))
+            handles.append(adbc.manager.AdbcStatement(handles[1]))
+            handles[2].set_sql_query("SELECT octet_length('x')")
+            stream, _ = handles[2].execute_query()
+            pa.RecordBatchReader._import_from_c(stream.address).read_all()
+            _BYTE_LENGTH = "octet_length({})"
+        except Exception:  # noqa: BLE001 - any failure means: not available
+            pass
+        finally:
+            for handle in reversed(handles):
+                with contextlib.suppress(Exception):
+                    handle.close()
+    return _BYTE_LENGTH
+
+
 def _conform(array: pa.Array, field: pa.Field) -> pa.Array:
     """An ADBC column as the schema's type (ADBC types by value: 0/1, ISO text, all-NULL...)."""
     arrow_type = field.type
@@ -969,7 +1012,8 @@ def _conform(array: pa.Array, field: pa.Field) -> pa.Array:
     try:
         if pa.types.is_boolean(arrow_type) and pa.types.is_integer(array.type):
             return pc.cast(array, pa.bool_())
-        if pa.types.is_null(array.type):
+        if pa.types.is_null(array.type) or array.null_count == len(array):
+            # ADBC types a batch's all-NULL column as int64 (a held-back value alone, say).
             return pa.nulls(len(array), type=arrow_type)
         return pc.cast(array, arrow_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
