@@ -106,9 +106,12 @@ def copy(
         + [f"column {name!r} decoded" for name in column_codecs.decompress]
     )
     # Import the backends' modules and pay one-time costs before the measured region starts.
-    backend_class(source_url)
-    backend_class(target_url)
-    warm_up(conversion=False)
+    source_class = backend_class(source_url)
+    target_class = backend_class(target_url)
+    # Backends that build Arrow arrays from Python values make pyarrow import pandas (~50 MB)
+    # on first use; that is an import, not the copy's memory, so it is paid here.
+    warm_up(conversion=bool(source_class.converts_python_values
+                            or target_class.converts_python_values))
     pandas_before = "pandas" in sys.modules
     meter = _Meter(report, progress)
     sampler = RSSSampler(TIMELINE_INTERVAL_S)
