@@ -84,6 +84,20 @@ def test_a_million_string_keys(keyspace, tmp_path):
     assert sorted(v[:7] for v in values) == [b"%07d" % i for i in range(1_000_000)]
 
 
+@pytest.mark.xfail(strict=False, reason="known gap: 16 MB one-row batches pile up in the copy "
+                   "pipeline (about 100 MB above baseline before the MGET reader too)")
+def test_big_string_values_among_small_ones(keyspace, tmp_path):
+    """16 values of 16 MB among small ones: one MGET may hold several; each is read alone."""
+    url, client, p = keyspace
+    for i in range(16):
+        client.set(p + b"big%02d" % i, bytes([65 + i]) * 16_000_000)
+        client.mset({p + b"small%02d:%04d" % (i, j): b"s" * 100 for j in range(1000)})
+    check_bound(f"{url}?match={p.decode()}*", tmp_path, 16_016)
+    table = pq.read_table(tmp_path / "out.parquet")
+    sizes = sorted(len(v) for v in table.column("value").to_pylist())
+    assert sizes[-16:] == [16_000_000] * 16 and sizes[0] == 100
+
+
 def test_ten_thousand_hashes_of_a_thousand_fields(keyspace, tmp_path):
     url, client, p = keyspace
     pipe = client.pipeline(transaction=False)

@@ -109,6 +109,14 @@ class KVFormat:
 
     def pairs(self, batch: pa.RecordBatch) -> Iterator[tuple[bytes, bytes | None]]:
         """The ``(key, value)`` pairs of a batch to write, as bytes (a NULL value stays None)."""
+        keys, values = self.columns(batch)
+        return zip(keys, values, strict=True)
+
+    def columns(self, batch: pa.RecordBatch) -> tuple[list[bytes], list[bytes | None]]:
+        """The keys and values of a batch to write, as two lists of bytes (NULL values: None).
+
+        Raises :class:`SchemaError` for a missing key column or a NULL key.
+        """
         names = batch.schema.names
         if self.key_column not in names:
             raise SchemaError(
@@ -132,10 +140,9 @@ class KVFormat:
             rest = [name for name in names if name != self.key_column]
             encode = self.value_codec.encode
             values = [encode(row) for row in batch.select(rest).to_pylist()]
-        for key, value in zip(keys, values, strict=True):
-            if key is None:
-                raise SchemaError(f"a key-value store cannot hold a NULL {self.key_column!r}")
-            yield key, value
+        if None in keys:
+            raise SchemaError(f"a key-value store cannot hold a NULL {self.key_column!r}")
+        return keys, values
 
 
 def _utf8(array: pa.Array, what: str) -> pa.Array:
@@ -181,6 +188,18 @@ class PairBatcher:
         self.keys.append(key)
         self.values.append(value)
         self.nbytes += len(key) + (len(value) if value is not None else 0) + PAIR_OVERHEAD
+        if self.nbytes >= self.target or len(self.keys) >= self.max_rows:
+            return self.flush()
+        return None
+
+    def extend(self, keys: list[bytes], values: list[bytes]) -> pa.RecordBatch | None:
+        """Add many pairs at once (no NULL values); a batch when the target is reached.
+
+        The caller keeps each call well under the target: the batch holds all of them.
+        """
+        self.keys += keys
+        self.values += values
+        self.nbytes += sum(map(len, keys)) + sum(map(len, values)) + PAIR_OVERHEAD * len(keys)
         if self.nbytes >= self.target or len(self.keys) >= self.max_rows:
             return self.flush()
         return None

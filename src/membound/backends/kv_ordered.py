@@ -43,7 +43,7 @@ from urllib.parse import unquote_to_bytes
 import pyarrow as pa
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
-from membound.backends.kv import PAIR_OVERHEAD, KVFormat, PairBatcher
+from membound.backends.kv import PAIR_OVERHEAD, KVFormat
 from membound.budget import Budget
 from membound.errors import (
     ConfigurationError,
@@ -422,27 +422,55 @@ class OrderedKVBackend(Backend):
     def _scan_batches(
         self, table: str | None, key_range: KeyRange, budget: Budget
     ) -> Iterator[pa.RecordBatch]:
+        # One loop over the store's read views, with no call per pair: at a million pairs, each
+        # generator or method between the store and the batch costs a second.
         store = self._reader()
         sizer = budget.sizer()
-        batcher = PairBatcher(self.format, budget)
+        fmt = self.format
+        target = budget.batch_bytes
+        view_bytes = share_of(budget, READ_VIEW_SHARE, MIN_READ_VIEW_BYTES, 1 << 62)
         where = f"reading {self.label} {self.path!r}"
-        for key, value in self._pairs(store, table, key_range, budget):
-            if value is not None and len(value) >= batcher.target:
-                # A value that alone fills a batch goes out alone, not with the pairs before it.
-                pending = batcher.flush()
-                if pending is not None:
-                    yield pending
-                    del pending
-            batch = batcher.add(key, value)
-            if batch is not None:
-                sizer.observe(batch.num_rows, batch.nbytes)
-                yield batch
-                del batch
-                sizer.check_memory(where)
-                batcher.target = sizer.target_bytes
-        last = batcher.flush()
-        if last is not None:
-            yield last
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        pending = 0
+        remaining = key_range
+        while not remaining.empty:
+            view = store.iterate(table, remaining)
+            scanned = 0
+            stop = len(keys) + READ_VIEW_MAX_RECORDS  # records of this view, counted in keys
+            last: bytes | None = None
+            try:
+                for key, value in view:
+                    size = len(key) + len(value) + PAIR_OVERHEAD
+                    if size >= target and keys:
+                        # A value that alone fills a batch goes out alone, not with the pairs
+                        # before it.
+                        stop -= len(keys)
+                        yield fmt.to_batch(keys, values)
+                        keys, values, pending = [], [], 0
+                    keys.append(key)
+                    values.append(value)
+                    pending += size
+                    scanned += size
+                    if pending >= target:
+                        stop -= len(keys)
+                        batch = fmt.to_batch(keys, values)
+                        keys, values, pending = [], [], 0
+                        sizer.observe(batch.num_rows, batch.nbytes)
+                        yield batch
+                        del batch
+                        sizer.check_memory(where)
+                        target = sizer.target_bytes
+                    if scanned >= view_bytes or len(keys) >= stop:
+                        last = key
+                        break
+            finally:
+                view.close()
+            if last is None:
+                break
+            remaining = remaining.after(last)
+        if keys:
+            yield fmt.to_batch(keys, values)
 
     def _pairs(
         self, store: Store, table: str | None, key_range: KeyRange, budget: Budget

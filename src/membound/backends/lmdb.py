@@ -258,7 +258,8 @@ class LMDBStore(Store):
                     for key, value in cursor.iternext():
                         if stop is not None and key >= stop:
                             break
-                        if not (main and self._is_subdb_record(key, value, txn)):
+                        if not (main and len(value) == SUBDB_RECORD_SIZE
+                                and self._is_subdb_record(key, value, txn)):
                             yield key, value
         except lmdb.Error as exc:
             raise CorruptFileError(
