@@ -229,6 +229,8 @@ class OrderedKVBackend(Backend):
     :mod:`membound.backends.kv`); each store adds its own (``STORE_OPTIONS``).
     """
 
+    converts_python_values = True  # keys and values arrive as Python bytes
+
     #: The store's name in messages ("LMDB").
     label: ClassVar[str] = "store"
     #: URL options this store reads besides the shared ones.

@@ -81,6 +81,8 @@ class RedisBackend(Backend):
     Connection problems raise :class:`SourceError` (reading) or :class:`TargetError` (writing).
     """
 
+    converts_python_values = True  # keys and values arrive as Python bytes
+
     name = "redis"
     extra = "redis"
 
