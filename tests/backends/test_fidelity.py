@@ -170,11 +170,6 @@ def test_postgres_mariadb_sqlite_and_back(postgres_url, mysql_url, pg, names, tm
     assert types["by"] == "bytea" and types["t"] == "text"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the SQLite backend creates a json-marked string column as TEXT and reads a JSON "
-    "column without the mark (backends/sqlite.py), so jsonb comes back as text: same data",
-)
 def test_json_stays_json_through_sqlite(postgres_url, pg, names, tmp_path):
     source, back = names(), names()
     fill_source(pg, source)

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
 from membound.batching import (
+    LOGICAL_TYPE_KEY,
     PY_ROW_OVERHEAD,
     PY_VALUE_OVERHEAD,
     batch_nbytes,
@@ -151,6 +152,14 @@ def _declared_to_arrow(declared: str) -> pa.DataType | None:
     if any(word in decl for word in ("REAL", "FLOA", "DOUB")):
         return pa.float64()
     return None
+
+
+def _field(name: str, arrow_type: pa.DataType, declared: str) -> pa.Field:
+    """A column's field; a text column declared JSON carries the JSON mark, so a database that
+    has a JSON type (PostgreSQL's jsonb) gets one back."""
+    if declared.upper().strip() == "JSON" and pa.types.is_string(arrow_type):
+        return pa.field(name, arrow_type, metadata={LOGICAL_TYPE_KEY: b"json"})
+    return pa.field(name, arrow_type)
 
 
 def _is_temporal_or_exact(arrow_type: pa.DataType) -> bool:
@@ -286,7 +295,7 @@ class SQLiteBackend(Backend):
                 return pa.schema([(name, pa.string()) for name in names])
             return first.schema
         return pa.schema(
-            [(name, _declared_to_arrow(decl) or pa.string()) for name, decl in
+            [_field(name, _declared_to_arrow(decl) or pa.string(), decl) for name, decl in
              self._table_info(target)]
         )
 
@@ -340,7 +349,6 @@ class SQLiteBackend(Backend):
 
     def _table_batches(self, table: str, budget: Budget) -> Iterator[pa.RecordBatch]:
         info = self._table_info(table)
-        names = [name for name, _ in info]
         declared = {name: _declared_to_arrow(decl) for name, decl in info}
         # Typeless columns: look at their first non-null value now (cheap: stops at the first
         # hit), so a column that starts with NULLs still gets its real type.
@@ -353,7 +361,7 @@ class SQLiteBackend(Backend):
                     f"WHERE {quote_identifier(name)} IS NOT NULL LIMIT 1"
                 ).fetchone()
                 declared[name] = infer_type([row[0]]) if row else pa.string()
-        schema = pa.schema([(name, declared[name]) for name in names])
+        schema = pa.schema([_field(name, declared[name], decl) for name, decl in info])
         has_rowid = self._has_rowid(table)
         if has_rowid and self.path != ":memory:" and _adbc_sqlite() is not None:
             return self._fast_table_batches(table, schema, budget)
@@ -1138,9 +1146,17 @@ def _batch_rows(batch: pa.RecordBatch) -> Iterator[tuple]:
     return zip(*columns, strict=True)
 
 
+def _declared_type(field: pa.Field) -> str:
+    if (field.metadata or {}).get(LOGICAL_TYPE_KEY) == b"json" and (
+        pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+    ):
+        return "JSON"
+    return arrow_type_to_sqlite(field.type)
+
+
 def _create_sql(table: str, schema: pa.Schema, keys: tuple[str, ...] | None) -> str:
     columns = [
-        f"{quote_identifier(field.name)} {arrow_type_to_sqlite(field.type)}" for field in schema
+        f"{quote_identifier(field.name)} {_declared_type(field)}" for field in schema
     ]
     if keys:
         missing = [k for k in keys if k not in schema.names]
