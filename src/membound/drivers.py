@@ -45,7 +45,7 @@ from membound.errors import (
 from membound.keyset import quote
 from membound.urls import ParsedURL, parse_url
 
-__all__ = ["Session", "Stream", "TableInfo", "open_session"]
+__all__ = ["Session", "Stream", "TableInfo", "infer_schema", "open_session"]
 
 _SAMPLE_ROWS = 32  # rows whose size is measured per chunk to size the next one
 # Statements PostgreSQL can DECLARE a cursor for (others are read with a plain cursor).
@@ -132,6 +132,9 @@ class Session:
 
     dialect = "generic"
     placeholder = "%s"
+    #: An owned session writes through its URL's backend (binary COPY, sized multi-row
+    #: INSERTs) rather than by executemany.
+    bulk_writes = False
 
     def __init__(self, conn: Any, *, owned: bool, url: ParsedURL | None, display: str,
                  closer: Callable[[], None] | None = None) -> None:
@@ -287,7 +290,11 @@ class Session:
     def write_rows(self, table: str, names: list[str], chunks: Iterator[list[tuple]], *,
                    mode: str, keys: tuple[str, ...] | None, budget: Budget,
                    backend: Callable[[], Any], like: str | None = None) -> WriteResult:
-        """Write chunks of row tuples by ``executemany``, one transaction per chunk."""
+        """Write chunks of row tuples, one transaction per chunk: through the backend's bulk
+        path when the session owns its URL and has one, else by ``executemany``."""
+        bulk = backend() if self.bulk_writes and self.owned else None
+        if bulk is not None:  # an Engine's pooled connection is owned but has no URL backend
+            return _arrow_write(self, bulk, table, names, chunks, mode, keys, budget, like)
         first = next(chunks, None)
         result = WriteResult(table=table, mode=mode)
         if first is None:
@@ -309,7 +316,7 @@ class Session:
             target = table if info is None and mode != "replace" else self.stage_name(table)
             template = like if like and self._exists(like) else None
             schema = (self._schema_like(template, names) if template
-                      else _infer_schema(names, first))
+                      else infer_schema(names, first))
             with self.transaction():
                 self._run_all([self.create_sql(target, schema, keys)])
             result.created = True
@@ -362,7 +369,8 @@ def _write_error(exc: Exception, table: str) -> Exception:
     return TargetError(f"writing {table!r} failed and left it as it was: {exc}")
 
 
-def _infer_schema(names: list[str], rows: list[tuple]) -> pa.Schema:
+def infer_schema(names: Sequence[str], rows: list[tuple]) -> pa.Schema:
+    """Column types guessed from a chunk of row tuples (a column of NULLs becomes text)."""
     return pa.schema([(name, infer_type(row[i] for row in rows)) for i, name in enumerate(names)])
 
 
@@ -431,6 +439,7 @@ class SQLiteSession(Session):
 
 class PostgresSession(Session):
     dialect = "postgresql"
+    bulk_writes = True
     _counter = itertools.count(1)
 
     def stream(self, sql: str, params: Any, budget: Budget, *, bounded: bool = False
@@ -538,19 +547,13 @@ class PostgresSession(Session):
         return [f"ALTER TABLE {self.qualified(old)} RENAME TO "
                 f"{quote(new.rsplit('.', 1)[-1], self.dialect)}"]
 
-    def write_rows(self, table, names, chunks, *, mode, keys, budget, backend, like=None):
-        bulk = backend() if self.owned else None
-        if bulk is None:
-            return super().write_rows(table, names, chunks, mode=mode, keys=keys, budget=budget,
-                                      backend=backend, like=like)
-        return _arrow_write(self, bulk, table, names, chunks, mode, keys, budget, like)
-
 
 # -- MySQL / MariaDB -----------------------------------------------------------------------------
 
 
 class MySQLSession(Session):
     dialect = "mysql"
+    bulk_writes = True
 
     def __init__(self, conn: Any, *, reopen: Callable[[], Any] | None = None, **kw: Any) -> None:
         super().__init__(conn, **kw)
@@ -695,13 +698,6 @@ class MySQLSession(Session):
 
         return mysql_type_for(field_, key=key)
 
-    def write_rows(self, table, names, chunks, *, mode, keys, budget, backend, like=None):
-        bulk = backend() if self.owned else None
-        if bulk is None:
-            return super().write_rows(table, names, chunks, mode=mode, keys=keys, budget=budget,
-                                      backend=backend, like=like)
-        return _arrow_write(self, bulk, table, names, chunks, mode, keys, budget, like)
-
     def close(self) -> None:
         self._reopen = None
         if self._spare is not None:
@@ -731,7 +727,7 @@ def _arrow_write(session: Session, bulk: Any, table: str, names: list[str],
             )
         schema = pa.schema([existing.field(n) for n in names])
     else:
-        schema = _infer_schema(names, first)
+        schema = infer_schema(names, first)
     batches = (rows_to_batch(chunk, schema) for chunk in itertools.chain([first], chunks))
     return bulk.write(table, batches, mode=mode, key=keys, budget=budget)
 
@@ -788,9 +784,9 @@ def _open_url(url: ParsedURL) -> Session:
             import psycopg
         except ImportError:
             raise MissingDriverError("psycopg", "postgres") from None
-        from membound.backends.postgres import PostgresBackend
+        from membound.backends.postgres import libpq_uri
 
-        conninfo = PostgresBackend.uri.fget(_URLHolder(url))  # the same URI the backend uses
+        conninfo = libpq_uri(url)  # the URI the backend connects with
         try:
             conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
@@ -831,11 +827,6 @@ def _open_url(url: ParsedURL) -> Session:
         f"connect() works on SQL databases; {url.display} is not one (use membound.copy or "
         "membound.open_backend for files and key-value stores)"
     )
-
-
-class _URLHolder:
-    def __init__(self, url: ParsedURL) -> None:
-        self.url = url
 
 
 def _adopt_sqlalchemy(obj: Any, owned_engine: bool = False) -> Session:

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from membound import drivers
 from membound.backends.base import WriteResult, check_mode, is_query
-from membound.batching import chunk_rows, estimate_row_size, infer_type, rows_to_batch
+from membound.batching import chunk_rows, estimate_row_size, rows_to_batch
 from membound.budget import Budget, format_size
 from membound.errors import (
     ConfigurationError,
@@ -197,9 +197,7 @@ class Connection:
 
     def _iterate(self, sql: str, params: Any, row_factory: Any, max_rows: int | None,
                  strip: int = 0) -> Iterator[Any]:
-        stream = self._session.stream(sql, params, self.budget)
-        self._streams.add(stream)
-        try:
+        with self._opened(sql, params) as stream:
             make = _row_maker(row_factory, stream.columns[: len(stream.columns) - strip])
             seen = 0
             for chunk in stream.chunks():
@@ -217,6 +215,14 @@ class Connection:
                             max_rows=max_rows,
                         )
                     yield make(row[: len(row) - strip] if strip else row)
+
+    @contextlib.contextmanager
+    def _opened(self, sql: str, params: Any, *, bounded: bool = False) -> Iterator[Any]:
+        """A stream this handle tracks (so close() can close it), closed when the block ends."""
+        stream = self._session.stream(sql, params, self.budget, bounded=bounded)
+        self._streams.add(stream)
+        try:
+            yield stream
         finally:
             self._streams.discard(stream)
             stream.close()
@@ -259,20 +265,12 @@ class Connection:
         if backend is not None:
             yield from backend.batches(query_or_table, params, budget=self.budget)
             return
-        stream = self._session.stream(self._select(query_or_table), params, self.budget)
-        self._streams.add(stream)
-        try:
+        with self._opened(self._select(query_or_table), params) as stream:
             schema = None
             for chunk in stream.chunks():
                 if schema is None:
-                    schema = pa.schema([
-                        (name, infer_type(row[i] for row in chunk))
-                        for i, name in enumerate(stream.columns)
-                    ])
+                    schema = drivers.infer_schema(stream.columns, chunk)
                 yield rows_to_batch(chunk, schema)
-        finally:
-            self._streams.discard(stream)
-            stream.close()
 
     # -- paging ------------------------------------------------------------------------------
 
@@ -311,17 +309,11 @@ class Connection:
                                              key_length=len(q.key), secret=self._token_secret)
         sql, seek_params = keyset_sql(q, position, forward=forward, limit=size + 1,
                                       placeholder=self.placeholder)
-        stream = self._session.stream(sql, _join_params(params, seek_params), self.budget,
-                                      bounded=True)
-        self._streams.add(stream)
-        try:
+        # The SQL says LIMIT size + 1: reading it whole is bounded.
+        with self._opened(sql, _join_params(params, seek_params), bounded=True) as stream:
             positions = [stream.columns.index(k) for k in q.key]
-            # The SQL says LIMIT size + 1: reading it whole is bounded.
             raw = [row for chunk in stream.chunks() for row in chunk]
             names = stream.columns[: len(stream.columns) - strip]
-        finally:
-            self._streams.discard(stream)
-            stream.close()
         more = len(raw) > size
         raw = raw[:size]
         if not forward:

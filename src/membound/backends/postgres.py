@@ -524,6 +524,29 @@ class _TargetColumn:
         self.ingest_type = ingest_type
 
 
+def libpq_uri(url: ParsedURL) -> str:
+    """The libpq URI for a parsed URL, with membound's application name and connect timeout
+    (it holds the password: never display it)."""
+    from urllib.parse import quote, urlencode
+
+    auth = ""
+    if url.username:
+        auth = quote(url.username, safe="")
+        if url.password is not None:
+            auth += ":" + quote(url.password, safe="")
+        auth += "@"
+    host = url.host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{url.port}" if url.port else ""
+    options = {"application_name": "membound", "connect_timeout": CONNECT_TIMEOUT_S}
+    options.update(url.options)
+    return (
+        f"postgresql://{auth}{host}{port}/{quote(url.database or '', safe='')}"
+        f"?{urlencode(options)}"
+    )
+
+
 class PostgresBackend(Backend):
     """A PostgreSQL database, read and written by binary COPY through ADBC.
 
@@ -550,25 +573,7 @@ class PostgresBackend(Backend):
     @property
     def uri(self) -> str:
         """The libpq URI handed to ADBC (with the password: never display it)."""
-        from urllib.parse import quote, urlencode
-
-        url = self.url
-        auth = ""
-        if url.username:
-            auth = quote(url.username, safe="")
-            if url.password is not None:
-                auth += ":" + quote(url.password, safe="")
-            auth += "@"
-        host = url.host or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{url.port}" if url.port else ""
-        options = {"application_name": "membound", "connect_timeout": CONNECT_TIMEOUT_S}
-        options.update(url.options)
-        return (
-            f"postgresql://{auth}{host}{port}/{quote(url.database or '', safe='')}"
-            f"?{urlencode(options)}"
-        )
+        return libpq_uri(self.url)
 
     def _connect(self) -> Any:
         try:
