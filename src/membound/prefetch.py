@@ -8,14 +8,16 @@ them is bounded, so read-ahead costs a fixed number of batches, never more.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["PREFETCH_DEPTH", "prefetch"]
+__all__ = ["PREFETCH_DEPTH", "ordered_parallel", "prefetch"]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Batches waiting between the reader and the writer. One is enough to keep both sides busy;
 # each more costs a batch (budget/16) of memory and buys nothing once both sides overlap.
@@ -118,3 +120,90 @@ class _Prefetch(Generic[T]):
                 except queue.Empty:
                     break
             self.thread.join()
+
+
+_SEGMENT_END = 3
+
+
+def ordered_parallel(
+    segments: Sequence[S],
+    read: Callable[[S], Iterable[T]],
+    workers: int = 2,
+    depth: int = PREFETCH_DEPTH,
+) -> Iterator[T]:
+    """``read(segment)`` for every segment, on ``workers`` threads, yielded in segment order.
+
+    Worker ``k`` reads segments ``k``, ``k + workers``, ... one after another, and hands its
+    items over through a queue of ``depth`` items: a worker that is ahead of the caller blocks,
+    so at most ``workers x (depth + 1)`` items are alive beyond the caller's. The caller gets
+    every item of segment 0, then of segment 1, and so on, as if it had read them in turn.
+
+    For sources whose reading runs in C with the GIL released (ADBC's readers): on two cores
+    two readers fill batches while the caller's side (a Parquet writer, say) encodes the last.
+    ``read`` runs on the worker's thread and its iterator is closed there, so each segment may
+    hold a cursor of its own. Exceptions are raised in the caller when it reaches the segment
+    they came from; when the caller stops early every worker stops and closes what it opened.
+    """
+    count = max(1, min(workers, len(segments)))
+    if count == 1:
+        for segment in segments:
+            yield from read(segment)
+        return
+    stop = threading.Event()
+    queues: list[queue.Queue[tuple[int, object]]] = [
+        queue.Queue(maxsize=max(1, depth)) for _ in range(count)
+    ]
+
+    def put(q: queue.Queue[tuple[int, object]], kind: int, value: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, value), timeout=_POLL_S)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def work(index: int) -> None:
+        q = queues[index]
+        for segment in segments[index::count]:
+            iterator = iter(read(segment))
+            try:
+                for item in iterator:
+                    if not put(q, _ITEM, item):
+                        return
+                    del item
+            except BaseException as exc:  # handed to the caller, raised there
+                put(q, _ERROR, exc)
+                return
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+            if not put(q, _SEGMENT_END, None):
+                return
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"membound-reader-{k}",
+                                daemon=True) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        for number in range(len(segments)):
+            q = queues[number % count]
+            while True:
+                kind, value = q.get()
+                if kind == _ITEM:
+                    yield value  # type: ignore[misc]
+                    del value
+                elif kind == _ERROR:
+                    raise value  # type: ignore[misc]
+                else:
+                    break
+    finally:
+        stop.set()
+        for thread, q in zip(threads, queues, strict=True):
+            # Drop what is queued so a blocked put() returns, then wait for the worker.
+            while thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        q.get_nowait()
+                thread.join(_POLL_S)

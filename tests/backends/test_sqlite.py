@@ -251,3 +251,20 @@ def test_held_back_values_among_nulls_and_multibyte_text(tmp_path):
     with open_backend(f"sqlite:///{path}") as src:
         table = pa.Table.from_batches(list(src.batches("m", budget="8MB")))
     assert table.to_pylist() == [dict(zip(("id", "note", "body"), r, strict=True)) for r in rows]
+
+
+@pytest.mark.parametrize("widths", [[5, 1_500_000], [16, 16, 16], [3_000_000, 2_000_000, 40],
+                                    [100] * 40, [10**9]])
+@pytest.mark.parametrize("target", [64 * 1024, 512 * 1024, 4_000_000])
+def test_fast_plan_keeps_rows_times_limits_within_the_target(widths, target):
+    from membound.backends.sqlite import FAST_MIN_ROWS, SQLiteBackend
+
+    rows, limits = SQLiteBackend._fast_plan(target, widths)
+    assert rows >= FAST_MIN_ROWS and len(limits) == len(widths)
+    assert rows * sum(limits) <= target or all(limit == 1 for limit in limits)
+    # A megabyte-wide column caps itself, not its short neighbours: a column whose width fits
+    # an equal share of the row keeps at least that width.
+    share = target / rows / len(widths)
+    for width, limit in zip(widths, limits, strict=True):
+        if max(16, width) <= share:
+            assert limit >= max(16, width)
