@@ -75,3 +75,51 @@ def redis_url() -> str:
 def memcached_url() -> str:
     """URL of the test Memcached server; skips (or fails under MEMBOUND_REQUIRE_SERVERS=1)."""
     return _server_url(MEMCACHED_URL_ENV, MEMCACHED_URL_DEFAULT, 11211)
+
+
+# -- memory bounds: one copy in a fresh process ----------------------------------------------------
+#
+# Peak RSS is per process, so each measured copy runs in a child of its own. The child imports
+# membound, the source's and target's backend modules and any `preload` modules (drivers) first,
+# pays pyarrow's one-time costs (warm_up), then resets the kernel's high-water mark: "above" is
+# the memory the copy itself took, to hold against the budget.
+
+_COPY_CHILD = """
+import importlib, json, sys
+import membound
+from membound.memory import peak_rss_bytes, reset_peak, rss_bytes, warm_up
+from membound.urls import backend_class, parse_url
+
+source, target, budget, *preload = sys.argv[1:]
+for url in (source, target):
+    backend_class(parse_url(url))
+for name in preload:
+    importlib.import_module(name)
+warm_up()
+baseline = rss_bytes()
+reset_peak()
+report = membound.copy(source, target, max_memory=budget, mode="replace")
+peak = peak_rss_bytes()
+print(json.dumps({"above": peak - baseline, "rows": report.rows,
+                  "report_peak": report.peak_above_start}))
+"""
+
+
+@pytest.fixture(scope="session")
+def copy_in_child():
+    """``copy_in_child(source, target, budget, preload=("redis",))`` -> ``{"above": bytes of
+    peak RSS above the child's post-import baseline, "rows": ..., "report_peak": ...}``."""
+    import json
+    import subprocess
+    import sys
+
+    def run(source: str, target: str, budget: str | int, *, preload: tuple[str, ...] = (),
+            timeout: float = 900) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", _COPY_CHILD, str(source), str(target), str(budget), *preload],
+            capture_output=True, text=True, check=False, timeout=timeout,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    return run

@@ -8,12 +8,8 @@ for the test to fail if the budget logic were missing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
-import subprocess
-import sys
-import textwrap
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,33 +20,6 @@ from membound.demo import event_batches
 BUDGET = 32_000_000
 ALLOWED = 1.1 * BUDGET
 UNBOUNDED = "8GB"
-
-CHILD = textwrap.dedent(
-    """
-    import json, sys
-    import membound
-    import membound.backends.files, membound.backends.sqlite
-    from membound.memory import peak_rss_bytes, reset_peak, rss_bytes, warm_up
-
-    warm_up()
-    source, target, budget = sys.argv[1:4]
-    baseline = rss_bytes()
-    reset_peak()
-    report = membound.copy(source, target, max_memory=budget, mode="replace")
-    peak = peak_rss_bytes()
-    print(json.dumps({"above": peak - baseline, "rows": report.rows,
-                      "report_peak": report.peak_above_start}))
-    """
-)
-
-
-def run_child(source: str, target: str, budget: str | int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, source, target, str(budget)],
-        capture_output=True, text=True, check=False, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def sqlite_checksum(path: str, table: str, columns: str) -> tuple[int, str]:
@@ -72,9 +41,9 @@ def events_db(tmp_path_factory):
     return path
 
 
-def test_million_rows_sqlite_to_parquet_within_budget(events_db, tmp_path):
+def test_million_rows_sqlite_to_parquet_within_budget(events_db, tmp_path, copy_in_child):
     target = str(tmp_path / "events.parquet")
-    result = run_child(f"sqlite:///{events_db}?table=events", target, BUDGET)
+    result = copy_in_child(f"sqlite:///{events_db}?table=events", target, BUDGET)
     assert result["rows"] == 1_000_000
     assert result["above"] <= ALLOWED, f"peak {result['above']:,} B above baseline"
     assert result["report_peak"] <= ALLOWED
@@ -89,14 +58,14 @@ def test_million_rows_sqlite_to_parquet_within_budget(events_db, tmp_path):
         digest.update(repr((payload, amount)).encode())
     assert (table.num_rows, digest.hexdigest()) == expected
 
-    control = run_child(f"sqlite:///{events_db}?table=events", str(tmp_path / "c.parquet"),
+    control = copy_in_child(f"sqlite:///{events_db}?table=events", str(tmp_path / "c.parquet"),
                         UNBOUNDED)
     assert control["above"] > ALLOWED, "workload too small to show the bound"
 
 
-def test_million_rows_sqlite_to_sqlite_within_budget(events_db, tmp_path):
+def test_million_rows_sqlite_to_sqlite_within_budget(events_db, tmp_path, copy_in_child):
     target = str(tmp_path / "copy.db")
-    result = run_child(f"sqlite:///{events_db}?table=events", f"sqlite:///{target}", BUDGET)
+    result = copy_in_child(f"sqlite:///{events_db}?table=events", f"sqlite:///{target}", BUDGET)
     assert result["rows"] == 1_000_000
     assert result["above"] <= ALLOWED, f"peak {result['above']:,} B above baseline"
     columns = "id, user_id, ts, kind, amount, payload, flag"
@@ -104,7 +73,7 @@ def test_million_rows_sqlite_to_sqlite_within_budget(events_db, tmp_path):
         events_db, "events", columns)
 
 
-def test_twenty_megabyte_values_within_budget(tmp_path):
+def test_twenty_megabyte_values_within_budget(tmp_path, copy_in_child):
     source = str(tmp_path / "docs.db")
     conn = sqlite3.connect(source)
     conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, title TEXT, body BLOB)")
@@ -121,13 +90,13 @@ def test_twenty_megabyte_values_within_budget(tmp_path):
     conn.commit()
     conn.close()
     target = str(tmp_path / "copy.db")
-    result = run_child(f"sqlite:///{source}?table=docs", f"sqlite:///{target}", BUDGET)
+    result = copy_in_child(f"sqlite:///{source}?table=docs", f"sqlite:///{target}", BUDGET)
     assert result["rows"] == 60_000
     assert result["above"] <= ALLOWED, f"peak {result['above']:,} B above baseline"
     assert sqlite_checksum(target, "docs", "title, body") == sqlite_checksum(
         source, "docs", "title, body")
 
-    control = run_child(f"sqlite:///{source}?table=docs", f"sqlite:///{tmp_path}/c.db",
+    control = copy_in_child(f"sqlite:///{source}?table=docs", f"sqlite:///{tmp_path}/c.db",
                         UNBOUNDED)
     assert control["above"] > ALLOWED, "workload too small to show the bound"
     os.remove(f"{tmp_path}/c.db")
@@ -141,7 +110,7 @@ LARGEST_VALUE = 20_000_000
 ALLOWED_PARQUET_LARGE = ALLOWED + LARGEST_VALUE
 
 
-def test_twenty_megabyte_values_into_parquet(tmp_path):
+def test_twenty_megabyte_values_into_parquet(tmp_path, copy_in_child):
     source = str(tmp_path / "docs.db")
     conn = sqlite3.connect(source)
     conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, title TEXT, body BLOB)")
@@ -158,7 +127,7 @@ def test_twenty_megabyte_values_into_parquet(tmp_path):
     conn.commit()
     conn.close()
     target = str(tmp_path / "docs.parquet")
-    result = run_child(f"sqlite:///{source}?table=docs", target, BUDGET)
+    result = copy_in_child(f"sqlite:///{source}?table=docs", target, BUDGET)
     assert result["rows"] == 60_000
     assert result["above"] <= ALLOWED_PARQUET_LARGE, f"peak {result['above']:,} B above baseline"
 
@@ -171,6 +140,6 @@ def test_twenty_megabyte_values_into_parquet(tmp_path):
     assert (parquet.metadata.num_rows, digest.hexdigest()) == sqlite_checksum(
         source, "docs", "title, body")
 
-    control = run_child(f"sqlite:///{source}?table=docs", str(tmp_path / "c.parquet"),
+    control = copy_in_child(f"sqlite:///{source}?table=docs", str(tmp_path / "c.parquet"),
                         UNBOUNDED)
     assert control["above"] > ALLOWED_PARQUET_LARGE, "workload too small to show the bound"
