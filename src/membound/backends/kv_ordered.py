@@ -543,6 +543,7 @@ class OrderedKVBackend(Backend):
             result.created = True
             try:
                 self._write_batches(store, table, batches, fmt, budget, result)
+                store.flush()
             except BaseException:
                 # The namespace was empty when the write began: empty it again.
                 with contextlib.suppress(Exception):
@@ -551,6 +552,7 @@ class OrderedKVBackend(Backend):
             return result
         try:
             self._write_batches(store, table, batches, fmt, budget, result)
+            store.flush()
         except (MemboundError, OSError) as exc:
             raise PartialWriteError(
                 f"{mode} to {self._describe(table)} stopped after {result.rows} committed rows: "

@@ -64,6 +64,7 @@ class LevelDBStore(Store):
         plyvel = _plyvel()
         self.path = path
         self.plyvel = plyvel
+        self.last_key: bytes | None = None  # the last key committed, for flush()
         try:
             self.db = plyvel.DB(
                 path,
@@ -115,10 +116,31 @@ class LevelDBStore(Store):
             for key, value in pairs:
                 batch.put(key, value)
             batch.write()
+            if pairs:
+                self.last_key = pairs[-1][0]
             release_mapped_pages(self.path)
         except self.plyvel.Error as exc:
             raise TargetError(f"writing to LevelDB store {self.path!r} failed: "
                               f"{_text(exc)}") from None
+
+    def flush(self) -> None:
+        """Write the memtable out to a table file, so the next open replays no log.
+
+        LevelDB keeps the last writes (up to a write buffer, or one whole write batch) only in
+        its log until the memtable fills; whoever opens the store next replays that log into
+        memory, one batch at a time: a reader with a 32MB budget paid 17 MB for a store written
+        with 16 MB batches. ``compact_range`` over one key flushes the memtable first and then
+        compacts only the table files holding that key.
+        """
+        if self.last_key is None:
+            return
+        try:
+            self.db.compact_range(start=self.last_key, stop=self.last_key)
+        except self.plyvel.Error as exc:
+            raise TargetError(f"flushing LevelDB store {self.path!r} failed: "
+                              f"{_text(exc)}") from None
+        finally:
+            release_mapped_pages(self.path)
 
     def tables(self) -> list[str]:
         return []
