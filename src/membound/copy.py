@@ -110,8 +110,9 @@ def copy(
     target_class = backend_class(target_url)
     # Backends that build Arrow arrays from Python values make pyarrow import pandas (~50 MB)
     # on first use; that is an import, not the copy's memory, so it is paid here.
-    warm_up(conversion=bool(source_class.converts_python_values
-                            or target_class.converts_python_values))
+    warm_up(conversion=bool(source_class.converts_python_values_for(source_url, reading=True)
+                            or target_class.converts_python_values_for(target_url,
+                                                                       reading=False)))
     pandas_before = "pandas" in sys.modules
     meter = _Meter(report, progress)
     sampler = RSSSampler(TIMELINE_INTERVAL_S)

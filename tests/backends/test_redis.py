@@ -9,11 +9,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 import membound
@@ -322,3 +324,61 @@ def test_a_server_that_goes_away_mid_write_is_reported(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_keys_deleted_during_a_read_are_skipped(server):
+    """MGET answers nil for a key deleted after the SCAN: whole replies and streamed ones."""
+    base, client, p = server
+    client.mset({p + b"%05d" % i: b"x" * 500 for i in range(20_000)})
+    with open_backend(url(base, p)) as db:
+        batches = db.batches(budget="2MB")
+        first = next(iter(batches))
+        client.unlink(*[p + b"%05d" % i for i in range(0, 20_000, 2)])
+        rest = [(k, v) for b in batches for k, v in zip(
+            b.column(0).to_pylist(), b.column(1).to_pylist(), strict=True)]
+    assert 0 < first.num_rows + len(rest) < 20_000
+    assert all(v == b"x" * 500 for _, v in rest)
+    assert len({k for k, _ in rest}) == len(rest)
+
+
+def test_whole_replies_and_their_fallback_off_a_socket():
+    """RespReader.whole: a reply within the limit parsed whole, one over it left to stream."""
+    pytest.importorskip("hiredis")
+    from membound.backends.redis_resp import RespReader, bulk_list_size, scan_reply_size
+
+    values = [b"a", None, b"", b"\x00\r\n" * 5000]
+    reply = b"*4\r\n$1\r\na\r\n$-1\r\n$0\r\n\r\n$15000\r\n" + b"\x00\r\n" * 5000 + b"\r\n"
+    scan = b"*2\r\n$3\r\n120\r\n*2\r\n$2\r\nk1\r\n$3\r\nk22\r\n"
+    left, right = socket.socketpair()
+    try:
+        right.sendall(reply + scan)
+        reader = RespReader(left)
+        assert reader.whole(1_000_000, bulk_list_size) == values
+        assert reader.whole(1_000_000, scan_reply_size) == [b"120", [b"k1", b"k22"]]
+        right.sendall(reply[:2000])
+        reader.more()
+        # 2,000 bytes received, the reply unfinished, the limit 1,000: left to stream.
+        assert reader.whole(1000, bulk_list_size) is False
+        right.sendall(reply[2000:])
+        assert reader.line() == b"*4"
+        assert [reader.reply() for _ in range(3)] == [b"a", None, b""]
+        assert reader.line() == b"$15000"
+        assert reader.bulk(15000).to_pybytes() == values[3]
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_strings_export_does_not_make_pyarrow_import_pandas(server, tmp_path):
+    """String columns are built from joined bytes, so pandas (~50 MB) is never imported."""
+    base, client, p = server
+    client.mset({p + b"%03d" % i: b"v%03d" % i for i in range(300)})
+    target = tmp_path / "s.parquet"
+    code = ("import sys, membound; membound.copy(sys.argv[1], sys.argv[2]); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, url(base, p, keys="text"), str(target)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    table = pa.parquet.read_table(target)
+    assert table.schema.field("key").type == pa.string()
+    assert sorted(table.column("value").to_pylist()) == [b"v%03d" % i for i in range(300)]

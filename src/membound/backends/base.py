@@ -91,6 +91,11 @@ class Backend(ABC):
     #: ~50 MB, on first use): ``copy()`` pays that before it starts measuring.
     converts_python_values: ClassVar[bool] = False
 
+    @classmethod
+    def converts_python_values_for(cls, url: ParsedURL, *, reading: bool) -> bool:
+        """:attr:`converts_python_values` for reading (or writing) this very URL."""
+        return cls.converts_python_values
+
     def __init__(self, url: ParsedURL, *, budget: Budget | None = None) -> None:
         self.url = url
         self.budget = Budget.coerce(budget)

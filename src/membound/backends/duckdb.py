@@ -64,6 +64,13 @@ SAMPLE_ROWS = 2_048
 # A table read restarts with a new row count when a batch comes out this many times wider than
 # its target, or when the row count could grow this many times: a restart costs one query.
 ADAPT_FACTOR = 4
+# A text or BLOB value longer than the batch target (and than this) is held back in a table
+# read: the scan gives NULL in its place and its row is then read alone. Otherwise a batch cut by
+# row count could hold several such values at once (3 x 20 MB in the first batch of a 32 MB
+# budget: 175 MB above baseline); one at a time, a value costs its own size twice (DuckDB makes
+# it whole in one block, and Arrow gets a copy) and no more. Below this, a value is cheaper in
+# its batch than in a query of its own.
+MIN_HELD_BACK = 256 * 1024
 # Bytes counted per value beyond its payload: Arrow's offsets and validity, rounded up.
 VALUE_OVERHEAD = 8
 # Fixed-width types' bytes per value in Arrow, for the width estimate.
@@ -73,6 +80,10 @@ TEMP_PREFIX = "_membound_tmp_"
 # Name a batch is registered under while it is inserted.
 _BATCH_VIEW = "__membound_batch"
 _ROWID = "__membound_rowid"
+_HELD = "__membound_held"
+# How DuckDB's storage statistics name a string column's longest value: a struct field (2.x) or
+# part of a text (1.x).
+_MAX_LENGTH_TEXT = re.compile(r"Max String Length: (\d+)")
 
 _TEXT_TYPES = ("VARCHAR", "JSON", "CHAR", "TEXT", "STRING", "UUID")
 _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
@@ -383,10 +394,20 @@ class DuckDBBackend(Backend):
             except self._duckdb.Error as exc:
                 if not _out_of_memory(exc):
                     raise
-                self._grow_memory_limit()
+                self._grow_memory_limit(str(exc))
 
-    def _grow_memory_limit(self) -> None:
+    def _grow_memory_limit(self, error: str = "") -> None:
+        """Raise DuckDB's limit after it ran out: to what its ``error`` says it needed (and
+        :data:`MIN_MEMORY_LIMIT` more) when it says so, else by :data:`MEMORY_LIMIT_GROWTH`.
+
+        Not further: DuckDB keeps the blocks it read up to its limit, so a limit doubled past a
+        20 MB value's need holds 10 MB more for nothing.
+        """
         ceiling = max(self.budget.max_memory, MIN_MEMORY_LIMIT)
+        needed = _needed_memory(error)
+        if needed is not None and self._memory_limit < needed + MIN_MEMORY_LIMIT <= ceiling:
+            self._set_memory_limit(needed + MIN_MEMORY_LIMIT)
+            return
         if self._memory_limit >= ceiling:
             raise SourceError(
                 f"DuckDB needs more than the whole budget ({self.budget.max_memory:,} bytes) "
@@ -453,17 +474,75 @@ class DuckDBBackend(Backend):
         self._sample_width(f"SELECT * FROM {_qualified(table)}", columns, None, sizer)
         return self._table_stream(table, columns, sizer)
 
-    def _table_stream(self, table: str, columns: list[tuple[str, str]], sizer: BatchSizer
-                      ) -> Iterator[pa.RecordBatch]:
+    def _held_back_columns(
+        self, table: str, columns: Sequence[tuple[str, str]], threshold: int
+    ) -> list[tuple[str, str]]:
+        """The text and BLOB columns that may hold a value longer than ``threshold``.
+
+        From DuckDB's storage statistics (each segment's longest string), which cost no scan;
+        every text and BLOB column when they cannot tell (a view, another DuckDB version).
+        """
+        wide = [
+            (name, kind)
+            for name, kind in columns
+            if _family(kind) in ("text", "blob") and not kind.upper().startswith("UUID")
+        ]
+        if not wide:
+            return []
+        schema, _, name = table.rpartition(".")
+        qualified = f"{schema}.{name}" if schema else name
+        # On a cursor: a failed statement (a view has no storage) would leave the connection's
+        # result unfinished.
+        cursor = self._connect(write=self._writable).cursor()
+        try:
+            rows = cursor.execute(
+                "SELECT column_name, stats FROM pragma_storage_info(?)", [qualified]
+            ).fetchall()
+        except self._duckdb.Error:
+            return wide
+        finally:
+            cursor.close()
+        longest: dict[str, int | None] = {}
+        for column, stats in rows:
+            length = _max_string_length(stats)
+            if column in longest and longest[column] is None:
+                continue
+            longest[column] = None if length is None else max(length, longest.get(column) or 0)
+        return [
+            (name, kind)
+            for name, kind in wide
+            if name in longest and (longest[name] is None or longest[name] > threshold)
+        ]
+
+    def _table_stream(
+        self, table: str, columns: list[tuple[str, str]], sizer: BatchSizer
+    ) -> Iterator[pa.RecordBatch]:
         """Read a table after the last rowid passed, restarting with a new row count whenever
-        the measured width says the current one is far off (or DuckDB ran out of memory)."""
+        the measured width says the current one is far off (or DuckDB ran out of memory).
+
+        Text and BLOB values longer than the batch target are held back: the scan gives NULL
+        in their place and flags the row, which is then read alone, in its place."""
         types = [kind for _, kind in columns]
         select = ", ".join(quote_identifier(name) for name, _ in columns)
+        threshold = max(MIN_HELD_BACK, sizer.budget.batch_bytes)
+        held = self._held_back_columns(table, columns, threshold)
+        scanned = select
+        if held:
+            lengths = {name: self._length_sql(name, kind) for name, kind in held}
+            scanned = ", ".join(
+                f"CASE WHEN {lengths[name]} > {threshold} THEN NULL ELSE "
+                f"{quote_identifier(name)} END AS {quote_identifier(name)}"
+                if name in lengths
+                else quote_identifier(name)
+                for name, _ in columns
+            )
+            flag = " OR ".join(f"{length} > {threshold}" for length in lengths.values())
+            scanned += f", ({flag}) AS {_HELD}"
         after: int | None = None
         while True:
             rows_per_batch = sizer.rows_per_batch
             where = f" WHERE rowid > {after}" if after is not None else ""
-            sql = f"SELECT rowid AS {_ROWID}, {select} FROM {_qualified(table)}{where}"
+            sql = f"SELECT rowid AS {_ROWID}, {scanned} FROM {_qualified(table)}{where}"
             reader = self._with_memory(
                 lambda sql=sql, rows=rows_per_batch: _arrow_reader(self._relation(sql), rows))
             restart = False
@@ -471,16 +550,33 @@ class DuckDBBackend(Backend):
                 while not restart:
                     try:
                         raw = self._next(reader)
-                    except _OutOfMemory:
-                        self._grow_memory_limit()
+                    except _OutOfMemory as exc:
+                        self._grow_memory_limit(str(exc))
                         break
                     if raw is None:
                         return
                     rowids = raw.column(0)
                     last = rowids[len(rowids) - 1].as_py()
                     ordered = after is None or rowids[0].as_py() > after
-                    batch = _conform(raw.drop_columns([_ROWID]) if hasattr(raw, "drop_columns")
-                                     else _drop_first(raw), types)
+                    if held and ordered and pc.any(raw.column(_HELD)).as_py():
+                        # The scan's result holds the held-back value in DuckDB (it made it
+                        # whole to measure it): closed first, and resumed after this batch.
+                        # Then the rows up to each held-back one, and that row read alone.
+                        reader.close()
+                        restart = True
+                        start = 0
+                        for index in pc.indices_nonzero(raw.column(_HELD)).to_pylist():
+                            if index > start:
+                                yield _conform(
+                                    _data_columns(raw.slice(start, index - start), held), types
+                                )
+                            rowid = rowids[index].as_py()
+                            yield self._row_alone(table, select, rowid, types)
+                            after, start = rowid, index + 1
+                        raw = raw.slice(start)
+                        if not raw.num_rows:
+                            continue
+                    batch = _conform(_data_columns(raw, bool(held)), types)
                     del raw, rowids
                     nbytes = batch_nbytes(batch)
                     sizer.observe(batch.num_rows, nbytes)
@@ -497,6 +593,46 @@ class DuckDBBackend(Backend):
                         restart = True
             finally:
                 reader.close()
+
+    @staticmethod
+    def _length_sql(name: str, kind: str) -> str:
+        """A column's value length in bytes, in SQL (0 for NULL)."""
+        q = quote_identifier(name)
+        if _family(kind) == "blob":
+            return f"coalesce(octet_length({q}), 0)"
+        return f"coalesce(strlen(CAST({q} AS VARCHAR)), 0)"
+
+    def _row_alone(
+        self, table: str, select: str, rowid: int, types: Sequence[str]
+    ) -> pa.RecordBatch:
+        """The row ``rowid`` as a batch of its own, the memory limit raised as it needs."""
+        sql = f"SELECT {select} FROM {_qualified(table)} WHERE rowid = {int(rowid)}"
+        # The scan's result is still open on the connection: a cursor (a second connection to
+        # the same database, under the same memory_limit) reads the row.
+        cursor = self._connect(write=self._writable).cursor()
+        try:
+            return self._read_alone(cursor, sql, table, rowid, types)
+        finally:
+            cursor.close()
+            # DuckDB keeps the blocks it read the value from, up to its limit, which the value
+            # raised: back to the initial limit, which lets them go.
+            self._set_memory_limit(self._initial_memory_limit())
+
+    def _read_alone(
+        self, cursor: Any, sql: str, table: str, rowid: int, types: Sequence[str]
+    ) -> pa.RecordBatch:
+        while True:
+            reader = self._with_memory(lambda: _arrow_reader(cursor.sql(sql), 1))
+            try:
+                raw = self._next(reader)
+            except _OutOfMemory as exc:
+                self._grow_memory_limit(str(exc))
+                continue
+            finally:
+                reader.close()
+            if raw is None:
+                raise SourceError(f"DuckDB: row {rowid} of {table!r} went away during the read")
+            return _conform(raw, types)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -776,6 +912,20 @@ def _out_of_memory(exc: BaseException) -> bool:
     return "Out of Memory" in text or "could not allocate" in text
 
 
+_SIZE_UNITS = {"bytes": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+# "could not allocate block of size 19.0 MiB (576.0 KiB/7.6 MiB used)"
+_NEEDED = re.compile(r"of size ([\d.]+) (bytes|[KMGT]iB) \(([\d.]+) (bytes|[KMGT]iB)/")
+
+
+def _needed_memory(error: str) -> int | None:
+    """What an out-of-memory error says DuckDB needed in all: the block and what it held."""
+    match = _NEEDED.search(error)
+    if not match:
+        return None
+    size, size_unit, used, used_unit = match.groups()
+    return int(float(size) * _SIZE_UNITS[size_unit] + float(used) * _SIZE_UNITS[used_unit])
+
+
 class _OutOfMemory(Exception):
     """DuckDB ran out of its memory_limit while streaming (a value wider than the limit)."""
 
@@ -790,9 +940,20 @@ def _arrow_reader(rel: Any, rows_per_batch: int) -> pa.RecordBatchReader:
     return rel.record_batch(rows)
 
 
-def _drop_first(batch: pa.RecordBatch) -> pa.RecordBatch:
-    schema = pa.schema(list(batch.schema)[1:], metadata=batch.schema.metadata)
-    return pa.RecordBatch.from_arrays(batch.columns[1:], schema=schema)
+def _max_string_length(stats: Any) -> int | None:
+    """The longest value of a storage segment, from its statistics (None: they do not say)."""
+    if isinstance(stats, dict):
+        value = stats.get("max_string_length")
+        return int(value) if isinstance(value, int) else None
+    match = _MAX_LENGTH_TEXT.search(str(stats or ""))
+    return int(match.group(1)) if match else None
+
+
+def _data_columns(batch: pa.RecordBatch, flagged: bool) -> pa.RecordBatch:
+    """A scanned batch without its rowid (first) and, when ``flagged``, held-back flag (last)."""
+    end = batch.num_columns - (1 if flagged else 0)
+    schema = pa.schema(list(batch.schema)[1:end], metadata=batch.schema.metadata)
+    return pa.RecordBatch.from_arrays(batch.columns[1:end], schema=schema)
 
 
 def _mark_json(schema: pa.Schema, types: Sequence[str]) -> pa.Schema:

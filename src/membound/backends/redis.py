@@ -83,6 +83,17 @@ class RedisBackend(Backend):
 
     converts_python_values = True  # keys and values arrive as Python bytes
 
+    @classmethod
+    def converts_python_values_for(cls, url: Any, *, reading: bool) -> bool:
+        """Strings build their Arrow columns from joined bytes, and writes read batches with
+        ``to_pylist``: only collections (and a value codec's decoded values) convert."""
+        if not reading:
+            return False
+        options = dict(url.options)
+        redis_type = options.get("type")
+        table = url.table or (BY_TYPE[redis_type].name if redis_type in BY_TYPE else "strings")
+        return table != "strings" or bool(options.get("value_codec"))
+
     name = "redis"
     extra = "redis"
 

@@ -1,20 +1,24 @@
 """RESP2 on the wire, for the Redis reader and writer: replies read off the socket, commands packed.
 
 redis-py parses a reply only once it has all of it; :class:`RespReader` lets the string reader
-take an ``MGET`` reply apart as it arrives, so a reply never has to fit in memory.
+take an ``MGET`` reply apart as it arrives, so a reply never has to fit in memory. A reply that
+does arrive within a limit is parsed whole by hiredis (:meth:`RespReader.whole`), in C: the
+common case of many small values, where a Python step per value would cost more than the rest
+of the read.
 :func:`pack_commands` packs commands with hiredis straight from their arguments when it is
 installed (redis-py checks every argument in Python first).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 
 from membound.errors import SourceError
 
-__all__ = ["RECV_BYTES", "RespReader", "pack_commands"]
+__all__ = ["RECV_BYTES", "RespReader", "bulk_list_size", "pack_commands", "scan_reply_size"]
 
 # Bytes read from the socket at once.
 RECV_BYTES = 256 * 1024
@@ -41,13 +45,43 @@ class RespReader:
         self.buf = b""
         self.pos = 0
 
-    def more(self) -> None:
-        """Read what the server has sent next (keeping what is not consumed yet)."""
+    def more(self) -> int:
+        """Read what the server has sent next (keeping what is not consumed yet); its size."""
         data = self.sock.recv(RECV_BYTES)
         if not data:
             raise ConnectionResetError("the server closed the connection")
         self.buf = self.buf[self.pos:] + data
         self.pos = 0
+        return len(data)
+
+    def whole(self, limit: int, size: Callable[[Any], int]) -> Any:
+        """The next reply parsed whole by hiredis, if it is complete in what was received or
+        before ``limit`` bytes of it are.
+
+        Returns False, having consumed nothing, when it is not (or is an error reply, or
+        hiredis is missing): the caller then reads it value by value, from the bytes already
+        received. ``size(reply)`` is the reply's length on the wire, to know where it ended.
+        Memory: the bytes received (``limit``, or one socket read more), hiredis's copy of
+        them and the reply's objects.
+        """
+        if _hiredis_reader is None:
+            return False
+        reader = _hiredis_reader()
+        reader.feed(self.buf, self.pos)
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                break
+            if len(self.buf) - self.pos >= limit:
+                return False  # too big to parse whole: the caller streams it
+            new = self.more()
+            reader.feed(self.buf, len(self.buf) - new)
+        if isinstance(reply, Exception):
+            return False
+        self.pos += size(reply)
+        if self.pos == len(self.buf):
+            self.buf, self.pos = b"", 0
+        return reply
 
     def line(self) -> bytes:
         while True:
@@ -125,3 +159,30 @@ class RespReader:
         from redis.exceptions import ResponseError
 
         return ResponseError(rest.decode(errors="replace"))
+
+
+def bulk_list_size(items: list[bytes | None]) -> int:
+    """The length on the wire of a RESP2 array of bulk strings (None: a nil) as Redis sends it."""
+    present = [item for item in items if item is not None] if None in items else items
+    lengths = list(map(len, present))
+    # "*<n>\r\n", then "$<length>\r\n<bytes>\r\n" per string and "$-1\r\n" per nil.
+    return (
+        3 + len(str(len(items))) + 5 * len(items) + sum(lengths) + sum(map(len, map(str, lengths)))
+    )
+
+
+def scan_reply_size(reply: list) -> int:
+    """The length on the wire of a SCAN reply: ``[cursor, [key, ...]]``."""
+    # "*2\r\n", the cursor as a bulk string (a one-item array less its "*1\r\n"), the keys.
+    return 4 + (bulk_list_size([reply[0]]) - 4) + bulk_list_size(reply[1])
+
+
+def _reader_class() -> Any:
+    try:
+        from hiredis import Reader
+    except ImportError:
+        return None
+    return Reader
+
+
+_hiredis_reader = _reader_class()

@@ -470,9 +470,12 @@ class SQLiteBackend(Backend):
         From min/max(rowid), two b-tree lookups: no count(*). Sparse rowids give ranges with
         fewer rows, which costs balance between the readers, never memory.
         """
+        # Two subqueries: SQLite answers a lone min() or max() from the b-tree's ends, but
+        # min() and max() in one SELECT scan the whole table (measured: 0.23-0.8 s for 2M rows).
+        qtable = quote_identifier(table)
         row = (
             self._connect(write=False)
-            .execute(f"SELECT min(rowid), max(rowid) FROM {quote_identifier(table)}")
+            .execute(f"SELECT (SELECT min(rowid) FROM {qtable}), (SELECT max(rowid) FROM {qtable})")
             .fetchone()
         )
         if row is None or row[0] is None:
