@@ -16,7 +16,8 @@ import pymysql  # noqa: F401 (see below)
 
 with contextlib.suppress(ImportError):  # membound reads through mysqlclient when installed
     import MySQLdb  # noqa: F401
-import pandas  # noqa: F401 (pyarrow imports it at membound's first conversion of Python values)
+# No pandas: membound's MySQL backend takes rows into Arrow without pa.array, which would
+# import it (copy() notes it in the report if it ever does).
 
 import pyarrow.parquet  # noqa: F401 (see below)
 from _common import ExportOptions, run_contestant

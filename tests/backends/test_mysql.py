@@ -292,12 +292,82 @@ def test_insert_statements_stay_under_max_allowed_packet(mysql_url, my, tables):
     name = tables()
     my.execute(f"CREATE TABLE {name} (id INT, payload LONGTEXT)")
     with open_backend(mysql_url, budget="2GB") as db:
+        db.load_data = False  # the INSERT path (servers without local_infile)
         db.max_allowed_packet = 1_000_000  # pretend a small server limit
         wide = pa.record_batch({"id": list(range(400)), "payload": ["é" * 5000] * 400})
         assert db.write(name, [wide], mode="append").rows == 400
     assert my.execute(f"SELECT COUNT(*), SUM(CHAR_LENGTH(payload)) FROM {name}") == [
         (400, decimal.Decimal(400 * 5000))
     ]
+
+
+@pytest.fixture(params=["load_data", "insert"])
+def write_path(request) -> str:
+    """Each bulk write path: streamed LOAD DATA LOCAL (the default) and multi-row INSERTs."""
+    return request.param
+
+
+# Bytes LOAD DATA's format gives a meaning to (escape, field and line ends, NUL), the texts it
+# reads as NULL, the empty string, and astral characters.
+AWKWARD_TEXTS = ["a\\b\tc\nd\x00e\\", "\\N", "NULL", "", None, "\r\n", ASTRAL, "\\"]
+AWKWARD_BYTES = [b"\x00\xff\t\n\\N", b"\\", b"", None, b"\xc3", b"\x00", b"x\ty", b"'"]
+
+
+def test_writes_keep_awkward_text_and_bytes(mysql_url, tables, write_path):
+    name = tables()
+    batch = pa.record_batch(
+        {
+            "id": pa.array(range(len(AWKWARD_TEXTS)), pa.int64()),
+            "t": pa.array(AWKWARD_TEXTS, pa.string()),
+            "b": pa.array(AWKWARD_BYTES, pa.binary()),
+            "f": pa.array([1e300, -0.0, None, 5e-324, 0.1, 1.0, 2.5, -7.0], pa.float64()),
+        }
+    )
+    with open_backend(mysql_url) as db:
+        db.load_data = write_path == "load_data"
+        assert db.write(name, [batch.slice(0, 3), batch.slice(3)]).rows == len(AWKWARD_TEXTS)
+        rows = read_all(db, f"SELECT * FROM {name} ORDER BY id")
+    assert [r["t"] for r in rows] == AWKWARD_TEXTS
+    assert [r["b"] for r in rows] == AWKWARD_BYTES
+    assert [r["f"] for r in rows] == batch.column("f").to_pylist()
+
+
+def test_load_data_fails_on_values_the_server_would_truncate(mysql_url, my, tables):
+    # With LOCAL the server turns strict-mode errors into warnings: the write must still fail.
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id INT, v VARCHAR(3))")
+    my.execute(f"INSERT INTO {name} VALUES (0, 'old')")
+    batch = pa.record_batch({"id": [1, 2], "v": ["abc", "abcdef"]})
+    with open_backend(mysql_url) as db:
+        assert db.load_data
+        with pytest.raises(TargetError, match="nothing was committed.*(too long|truncated)"):
+            db.write(name, [batch], mode="append")
+    assert my.execute(f"SELECT * FROM {name}") == [(0, "old")]
+
+
+def test_load_data_serves_no_file_the_server_names(mysql_url, my, tables, monkeypatch):
+    """A server that asks for another file than the statement's token gets nothing."""
+    import membound.backends.mysql_load as mysql_load
+
+    name = tables()
+    my.execute(f"CREATE TABLE {name} (id INT)")
+    real = mysql_load.load_statement
+
+    def naming_another_file(target, columns, token, backslash_escapes):
+        return real(target, columns, "/etc/hostname", backslash_escapes)
+
+    monkeypatch.setattr(mysql_load, "load_statement", naming_another_file)
+    with open_backend(mysql_url) as db:
+        with pytest.raises(TargetError, match="asked for the client file"):
+            db.write(name, [pa.record_batch({"id": [1, 2]})], mode="append")
+        # PyMySQL's own handler, which would open any file named, stays off.
+        with (
+            db._connection() as conn,
+            conn.cursor() as cursor,
+            pytest.raises(RuntimeError, match="local_infile"),
+        ):
+            cursor.execute(f"LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE {name}")
+    assert my.execute(f"SELECT COUNT(*) FROM {name}") == [(0,)]
 
 
 # -- write modes ---------------------------------------------------------------------------------
@@ -586,3 +656,16 @@ def test_sqlalchemy_backend_replace_swaps_atomically(sqlalchemy_url, my, tables)
         assert result.created and result.rows == 3
     assert my.execute(f"SELECT id, v FROM {name} ORDER BY id") == [(0, "v0"), (1, "v1"), (2, "v2")]
     assert set(leftover_build_tables(my)) <= leftovers_before
+
+
+def test_text_values_as_bytes_are_checked_for_utf8():
+    """Arrow's string builder, which reads take values by, does not check UTF-8 by itself."""
+    from membound.backends.mysql import _Column, _to_array
+
+    text = _Column("t", pa.string(), pa.string())
+    assert _to_array([None, "é", ""], text).to_pylist() == [None, "é", ""]
+    assert _to_array([b"\xc3\xa9", None], text).to_pylist() == ["é", None]
+    with pytest.raises(SchemaError, match="'t'.*UTF8"):
+        _to_array([None, b"ok", b"\xff"], text)
+    number = _Column("n", pa.int64(), pa.string())
+    assert _to_array([b"12", None, b"-3"], number).to_pylist() == [12, None, -3]

@@ -1,34 +1,38 @@
 """MySQL and MariaDB: unbuffered streaming reads (mysqlclient when installed, else PyMySQL),
-multi-row INSERT writes (PyMySQL).
+bulk writes by streamed ``LOAD DATA LOCAL INFILE`` (see :mod:`mysql_load`) or multi-row INSERTs.
 
 Reads use an unbuffered cursor (``SSCursor``; the default cursor of both drivers buffers the
 whole result) with ``fetchmany`` sized from the measured width of the rows, and the drivers'
-per-value converters turned off: values arrive as the server's text and Arrow casts whole columns
-at once. mysqlclient (``MySQLdb``, a C extension) is used for reads when it is importable, on a
-connection of its own per read; ``mysql+pymysql://`` URLs keep PyMySQL. Measured on the shared
-2,000,000-row ``events`` table (local MariaDB 10.11, 2 cores, batches of ~2 MB, peak RSS above a
-baseline taken after pyarrow.compute's first call):
+per-value converters turned off: values arrive as the server's text, Arrow's string builder
+takes each column's values as they are (no ``pa.array``, so pyarrow does not import pandas) and
+Arrow casts whole columns at once. mysqlclient (``MySQLdb``, a C extension) is used for reads
+when it is importable, on a connection of its own per read; ``mysql+pymysql://`` URLs keep
+PyMySQL. Measured on the shared 2,000,000-row ``events`` table (local MariaDB 10.11, 2 cores
+shared with other work, load average 3-4.5, reading to nowhere):
 
-    read  PyMySQL SSCursor, text values + Arrow casts          12.5-29.5 s  45 MB
-    read  PyMySQL SSCursor, PyMySQL's converters + pa.array     37.6 s       82 MB
-    read  mysqlclient SSCursor, text values + Arrow casts       5.7-9.6 s    42 MB (C extension,
-                                                              needs libmariadb-dev to build)
-    read  ConnectorX arrow_stream                               3.1-3.9 s    23 MB (unbounded
-                                                              channel: grows with a slow consumer)
-    write multi-row INSERT rendered by Arrow compute (chosen)  25.5-29 s     30 MB at 32MB
-    write LOAD DATA LOCAL INFILE of the same rows as TSV      21 s         (needs local_infile on
-                                                              both ends; lets the server read
-                                                              any client file: not worth 1.3x)
+    read  mysqlclient, pa.array per column (before)         6.3-10.1 s  4.2-4.3 s CPU, +pandas
+    read  mysqlclient, string builder, GC paused (chosen)   6.5-7.7 s   3.5-3.6 s CPU, no pandas
+    server CPU for the text protocol (any Python driver)    2.1-2.2 s
+    server CPU for the binary protocol (ConnectorX)         1.15-1.2 s  (ConnectorX reads the
+                                                                        table in 1.2 s alone)
 
-Through this backend on 200,000 rows (load average 8 on the 2 cores): 1.5-2.0 s by mysqlclient
-against 4.8-5.8 s by PyMySQL, the same Arrow batches.
-(The machine is shared and noisy: ranges are several runs; throwaway scripts, for bench/.)
-Through the budget's batches this backend read the table with 23 MB above the baseline at a
-32MB budget, against 544 MB with the bound lifted.
+The text protocol alone costs the server about what ConnectorX's whole read takes, and neither
+Python driver speaks the binary protocol for a result set: on 2 cores the export to Parquet
+takes 1.85-2.7x ConnectorX's time (docs/benchmarks.md). Parallel readers would not help: the
+client's conversion (creating Python values, ~1 s CPU, then Arrow, ~1.5 s) and the server's
+formatting already fill both cores. PyMySQL reads 2-3x slower than mysqlclient (earlier
+measurement); through the budget's batches the read stays about 40 MB above its start at a 64MB
+budget, against 544 MB with the bound lifted.
 
-Writes render each batch into multi-row ``INSERT`` statements column by column with Arrow compute
-(escaping, quoting, NULLs) rather than value by value in Python, each statement under the
-server's ``max_allowed_packet``; one transaction per batch.
+Writes into a new table (``fail``, ``replace``) or an existing one (``append``) stream
+``LOAD DATA LOCAL INFILE`` when the server allows it (``@@local_infile``, MariaDB's default;
+MySQL 8 turns it off): 2,000,000 ``events`` rows from Parquet in 1.08x the time of the MariaDB
+CLI loading a ready TSV file (8.8 s against 8.1 s, medians of 3, docs/benchmarks.md), where
+multi-row INSERTs took 2.3x (17.4 s against 7.6 s, one run). The server does the same work for
+both; the difference is membound's start (imports) and the client's share of the 2 cores.
+Upserts, and servers without ``local_infile``, render each batch into multi-row ``INSERT``
+statements column by column with Arrow compute (escaping, quoting, NULLs) rather than value by
+value in Python, each statement under the server's ``max_allowed_packet``.
 
 Types: ``TINYINT(1)``/``BOOLEAN`` -> bool; ``DECIMAL(p,s)`` -> ``decimal128(p,s)``
 (``decimal256`` above 38 digits); ``DATETIME``/``TIMESTAMP`` -> naive ``timestamp[us]``;
@@ -57,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
+from membound.backends.mysql_load import LoadRejected, binary_scalar, load_data
 from membound.backends.postgres import resume_hint
 from membound.batching import LOGICAL_TYPE_KEY, prepend, rebatch
 from membound.budget import Budget
@@ -71,6 +76,7 @@ from membound.errors import (
     TargetError,
     TargetExistsError,
 )
+from membound.memory import gc_paused
 from membound.urls import ParsedURL
 
 __all__ = ["MySQLBackend"]
@@ -116,6 +122,7 @@ _INTEGERS = {
     (_LONGLONG, False): pa.int64(), (_LONGLONG, True): pa.uint64(),
 }  # fmt: skip
 _ZERO_DATE = re.compile(r"^0000-00-00")
+_StringBuilder = pa.lib.StringBuilder
 
 
 def _import_mysqldb() -> Any:
@@ -177,7 +184,6 @@ class _Column:
         if self.is_json or self.name in json_columns and pa.types.is_string(self.arrow_type):
             return pa.field(self.name, self.arrow_type, metadata=JSON_METADATA)
         return pa.field(self.name, self.arrow_type)
-
 
     def _as_utc(self) -> None:
         """Read a DATETIME that membound wrote from a tz-aware column back as UTC."""
@@ -299,9 +305,43 @@ def _bits(array: pa.Array) -> pa.Array:
     )
 
 
+def _raw_array(values: Sequence[Any], raw_type: pa.DataType, *, text: bool) -> pa.Array:
+    """The driver's values (str, bytes or None) as a string or binary array.
+
+    Through Arrow's string builder, which copies the values' bytes as they are: measured 3x
+    faster than ``pa.array`` on 20,000 values, and it does not make pyarrow import pandas (~40
+    MB), which ``pa.array`` on a list does. The bytes are the server's (numbers as ASCII text,
+    text as UTF-8 that the driver decoded), and the casts after this parse what they need.
+    """
+    builder = _StringBuilder(POOL)
+    builder.append_values(values)
+    array = builder.finish()
+    if raw_type != pa.string():
+        return array.view(raw_type)
+    # The builder does not check UTF-8. Text the driver decoded (str) is valid; a driver gives
+    # one Python type per column, so bytes in a column kept as ``text`` are checked, all of
+    # them (numbers, dates and the like are parsed by their cast, which rejects them anyway).
+    if text and not isinstance(next((v for v in values if v is not None), ""), str):
+        array.validate(full=True)
+    return array
+
+
+def _columns_of(rows: Sequence[tuple], columns: list[_Column]) -> list[pa.Array]:
+    """Row tuples -> one Arrow array per column.
+
+    The cyclic collector is paused meanwhile: the transposed columns are thousands of new
+    containers with no cycles, and collections triggered by them cost more than the transposing.
+    """
+    with gc_paused():
+        return [
+            _to_array(values, column)
+            for values, column in zip(zip(*rows, strict=True), columns, strict=True)
+        ]
+
+
 def _to_array(values: Sequence[Any], column: _Column) -> pa.Array:
-    raw = pa.array(values, column.raw_type, memory_pool=POOL)
     try:
+        raw = _raw_array(values, column.raw_type, text=pa.types.is_string(column.arrow_type))
         if column.convert is not None:
             return column.convert(raw)
         return (
@@ -376,7 +416,17 @@ def _quote(text: pa.Array, backslash_escapes: bool) -> pa.Array:
         text = pc.replace_substring(text, "\x00", "\\0", memory_pool=POOL)
     else:
         text = pc.replace_substring(text, "'", "''", memory_pool=POOL)
-    return pc.binary_join_element_wise(b"'", text, b"'", b"", memory_pool=POOL)
+    return pc.binary_join_element_wise(_QUOTE, text, _QUOTE, _NOTHING, memory_pool=POOL)
+
+
+# The INSERT text's fixed pieces as Arrow scalars (Python bytes given to Arrow compute would be
+# converted by pa.scalar, which makes pyarrow import pandas).
+_QUOTE, _NOTHING, _BINARY_PREFIX = (
+    binary_scalar(b"'"),
+    binary_scalar(b""),
+    binary_scalar(b"_binary"),
+)
+_NULL_LITERAL, _OPEN, _COMMA, _CLOSE = (binary_scalar(b) for b in (b"NULL", b"(", b",", b"),"))
 
 
 def literals(array: pa.Array, field: pa.Field, backslash_escapes: bool) -> pa.Array:
@@ -414,17 +464,15 @@ def literals(array: pa.Array, field: pa.Field, backslash_escapes: bool) -> pa.Ar
         out = _quote(array.cast(pa.string(), memory_pool=POOL), backslash_escapes)
     elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
         quoted = _quote(array.cast(pa.binary(), memory_pool=POOL), backslash_escapes)
-        out = pc.binary_join_element_wise(b"_binary", quoted, b"", memory_pool=POOL)
+        out = pc.binary_join_element_wise(_BINARY_PREFIX, quoted, _NOTHING, memory_pool=POOL)
     elif pa.types.is_null(t):
-        return pa.array([b"NULL"] * len(array), pa.binary())
+        return pa.repeat(_NULL_LITERAL, len(array))
     elif pa.types.is_nested(t):
         texts = [None if v is None else json.dumps(v, default=str) for v in array.to_pylist()]
         out = _quote(pa.array(texts, pa.string()), backslash_escapes)
     else:
         raise SchemaError(f"column {field.name!r} has Arrow type {t}, which MySQL has no type for")
-    return pc.coalesce(
-        out.cast(pa.binary(), memory_pool=POOL), pa.scalar(b"NULL"), memory_pool=POOL
-    )
+    return pc.coalesce(out.cast(pa.binary(), memory_pool=POOL), _NULL_LITERAL, memory_pool=POOL)
 
 
 def _is_tz_timestamp(t: pa.DataType) -> bool:
@@ -439,12 +487,12 @@ def _is_text(t: pa.DataType) -> bool:
 
 def _values_rows(batch: pa.RecordBatch, backslash_escapes: bool) -> pa.Array:
     """``(v1,v2,...),`` per row, as one binary array."""
-    parts: list[Any] = [b"("]
+    parts: list[Any] = [_OPEN]
     for i, field in enumerate(batch.schema):
         if i:
-            parts.append(b",")
+            parts.append(_COMMA)
         parts.append(literals(batch.column(i), field, backslash_escapes))
-    parts.extend([b"),", b""])
+    parts.extend([_CLOSE, _NOTHING])
     return pc.binary_join_element_wise(*parts, memory_pool=POOL)
 
 
@@ -467,13 +515,17 @@ class MySQLBackend(Backend):
     """A MySQL or MariaDB database through PyMySQL.
 
     Memory: reads hold one ``fetchmany`` of rows as Python values plus its Arrow form; writes one
-    batch and its INSERT text. A read that is abandoned closes its connection instead of reading
-    the rest of the result (MySQL has no way to stop sending it).
+    batch and its text (LOAD DATA's rows or INSERT statements). A read that is abandoned closes
+    its connection instead of reading the rest of the result (MySQL has no way to stop sending
+    it).
     Errors: unreachable server or refused login -> :class:`SourceError` naming the host; unknown
     database or table -> :class:`NotFoundError`; rejected SQL -> :class:`QueryError`.
     """
 
-    converts_python_values = True  # rows arrive as Python values
+    # Rows arrive as Python values, but are taken into Arrow by its string builder, which does
+    # not make pyarrow import pandas (see _raw_array); only TIME and BIT columns read, and
+    # nested columns written, go through pa.array (copy() notes the import if it happens).
+    converts_python_values = False
 
     extra = "mysql"
     name = "mysql"
@@ -489,10 +541,13 @@ class MySQLBackend(Backend):
         conn = self._connect()
         self._idle.append((conn, time.monotonic()))
         with conn.cursor(self._pymysql.cursors.Cursor) as cursor:
-            cursor.execute("SELECT @@max_allowed_packet, @@sql_mode")
-            packet, sql_mode = cursor.fetchone()
+            cursor.execute("SELECT @@max_allowed_packet, @@sql_mode, @@local_infile")
+            packet, sql_mode, local_infile = cursor.fetchone()
         self.max_allowed_packet = int(packet)
         self.backslash_escapes = "NO_BACKSLASH_ESCAPES" not in str(sql_mode)
+        # Bulk writes stream LOAD DATA LOCAL when the server allows it (MariaDB does by default,
+        # MySQL 8 does not), else multi-row INSERTs. Upserts are always INSERTs.
+        self.load_data = bool(int(local_infile or 0))
 
     @property
     def _where(self) -> str:
@@ -516,6 +571,8 @@ class MySQLBackend(Backend):
                 autocommit=False,
                 connect_timeout=int(options.pop("connect_timeout", 10)),
                 init_command=f"SET SESSION net_write_timeout = {NET_WRITE_TIMEOUT_S}",
+                # Tells the server that this client can send LOAD DATA LOCAL data ...
+                local_infile=True,
             )
         except pymysql.err.MySQLError as exc:
             code = exc.args[0] if exc.args else None
@@ -533,6 +590,9 @@ class MySQLBackend(Backend):
                 f"cannot connect to MySQL at {self._where} ({url.display}): {_message(exc)}; "
                 "check that the server is running and the user, password and database are right"
             ) from None
+        # ... but only mysql_load sends any, and only for its own statements: PyMySQL's handler,
+        # which opens whatever file the server names, stays off (see mysql_load's docstring).
+        conn._local_infile = False
         self._open.append(conn)
         return conn
 
@@ -678,7 +738,7 @@ class MySQLBackend(Backend):
 
         An empty result yields one empty batch, so the consumer still learns the schema.
         """
-        sizer = self._budget(budget).sizer()
+        sizer = self._budget(budget).sizer(conversion=False)
         sql, table = self._select(query_or_table)
         what = query_or_table or self.default_table or ""
         finished = False
@@ -705,15 +765,13 @@ class MySQLBackend(Backend):
                 produced = False
                 while True:
                     try:
-                        rows = cursor.fetchmany(sizer.rows_per_batch)
+                        with gc_paused():
+                            rows = cursor.fetchmany(sizer.rows_per_batch)
                     except self._pymysql.err.MySQLError as exc:
                         raise self._read_error(exc, what) from None
                     if not rows:
                         break
-                    arrays = [
-                        _to_array(values, column)
-                        for values, column in zip(zip(*rows, strict=True), columns, strict=True)
-                    ]
+                    arrays = _columns_of(rows, columns)
                     del rows
                     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
                     del arrays
@@ -725,7 +783,7 @@ class MySQLBackend(Backend):
                 finished = True
                 if not produced:
                     yield pa.RecordBatch.from_arrays(
-                        [pa.array([], f.type) for f in schema], schema=schema
+                        [pa.nulls(0, f.type) for f in schema], schema=schema
                     )
             finally:
                 if finished:
@@ -749,7 +807,8 @@ class MySQLBackend(Backend):
             produced = False
             while True:
                 try:
-                    rows = cursor.fetchmany(sizer.rows_per_batch)
+                    with gc_paused():
+                        rows = cursor.fetchmany(sizer.rows_per_batch)
                 except mysqldb.MySQLError as exc:
                     raise self._read_error(exc, what) from None
                 if columns is None:
@@ -764,10 +823,7 @@ class MySQLBackend(Backend):
                     schema = pa.schema([c.field(json_columns) for c in columns])
                 if not rows:
                     break
-                arrays = [
-                    _to_array(values, column)
-                    for values, column in zip(zip(*rows, strict=True), columns, strict=True)
-                ]
+                arrays = _columns_of(rows, columns)
                 del rows
                 batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
                 del arrays
@@ -779,7 +835,7 @@ class MySQLBackend(Backend):
             finished = True
             if not produced:
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array([], f.type) for f in schema], schema=schema
+                    [pa.nulls(0, f.type) for f in schema], schema=schema
                 )
         finally:
             if finished:
@@ -851,12 +907,16 @@ class MySQLBackend(Backend):
         key: Sequence[str] | str | None = None,
         budget: Budget | int | str | None = None,
     ) -> WriteResult:
-        """Write batches as multi-row INSERTs, one transaction per batch.
+        """Write batches by streamed LOAD DATA LOCAL (multi-row INSERTs for upserts and for
+        servers without ``local_infile``).
 
-        ``fail`` and ``replace`` load a new table beside the target (``_membound_tmp_...``) and
-        rename it into place at the end (``RENAME TABLE`` swaps atomically), so a failure
-        leaves the target as it was. ``append`` and ``upsert`` (``ON DUPLICATE KEY UPDATE``)
-        commit each batch; a failure after some commits raises :class:`PartialWriteError`.
+        ``fail`` and ``replace`` load a new table beside the target (``_membound_tmp_...``), in
+        one LOAD DATA statement for the whole stream, and rename it into place at the end
+        (``RENAME TABLE`` swaps atomically), so a failure leaves the target as it was.
+        ``append`` and ``upsert`` (``ON DUPLICATE KEY UPDATE``) commit each batch; a failure
+        after some commits raises :class:`PartialWriteError`. A value the server would truncate
+        or a duplicate key fails the write as in strict mode, although LOAD DATA LOCAL only
+        warns about them (see :mod:`membound.backends.mysql_load`).
         """
         keys = check_mode(mode, key)
         name = table or self.default_table
@@ -865,7 +925,7 @@ class MySQLBackend(Backend):
                 f"give a table to write to, or put ?table= in the URL ({self.url.display})"
             )
         schema_name, table_name = split_table_name(name)
-        sizer = self._budget(budget).sizer()
+        sizer = self._budget(budget).sizer(conversion=False)
         stream = rebatch(iter(batches), sizer)
         result = WriteResult(table=name, mode=mode)
         first = next(stream, None)
@@ -873,9 +933,7 @@ class MySQLBackend(Backend):
             schema = getattr(batches, "schema", None)
             if not isinstance(schema, pa.Schema) or not len(schema):
                 return result
-            first = pa.RecordBatch.from_arrays(
-                [pa.array([], f.type) for f in schema], schema=schema
-            )
+            first = pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
         if keys:
             missing = [k for k in keys if k not in first.schema.names]
             if missing:
@@ -972,6 +1030,28 @@ class MySQLBackend(Backend):
                 )
             conn.query(b"".join((head, _joined(part), tail)))
 
+    def _load(self, conn: Any, target: str, names, batches, on_sent=None) -> None:
+        """Stream ``batches`` into ``target`` by LOAD DATA LOCAL (see mysql_load); uncommitted.
+
+        Rows the server skipped or loaded with warnings raise the driver's error for the first
+        warning's code, as the same rows sent by INSERT in strict mode would.
+        """
+        try:
+            load_data(
+                conn,
+                target,
+                [quote_ident(n) for n in names],
+                (batch for batch in batches if batch.num_rows),
+                backslash_escapes=self.backslash_escapes,
+                max_allowed_packet=self.max_allowed_packet,
+                pool=POOL,
+                on_sent=on_sent,
+            )
+        except LoadRejected as exc:
+            code, text = exc.args
+            error = self._pymysql.err.error_map.get(code, self._pymysql.err.DataError)
+            raise error(code, text) from None
+
     def _build(
         self, conn, cursor, schema_name, table_name, first, stream, keys, result, *, replace: bool
     ) -> None:
@@ -981,10 +1061,15 @@ class MySQLBackend(Backend):
         MySQLError = self._pymysql.err.MySQLError  # noqa: N806
         try:
             self._create(cursor, build, first.schema, keys)
-            for batch in prepend(first, stream):
-                self._insert(conn, build, batch, None)
+            if self.load_data:
+                # One statement for the whole stream: the server loads rows as they arrive.
+                self._load(conn, build, first.schema.names, prepend(first, stream), result.add)
                 conn.commit()
-                result.add(batch)
+            else:
+                for batch in prepend(first, stream):
+                    self._insert(conn, build, batch, None)
+                    conn.commit()
+                    result.add(batch)
             if replace:
                 old = qualified(schema_name, f"_membound_old_{_uuid.uuid4().hex[:12]}")
                 cursor.execute(f"RENAME TABLE {target} TO {old}, {build} TO {target}")
@@ -1033,7 +1118,10 @@ class MySQLBackend(Backend):
                     raise SchemaError(
                         f"batch columns {batch.schema.names} differ from the first batch's {names}"
                     )
-                self._insert(conn, target, batch, keys if upsert else None)
+                if self.load_data and not upsert:
+                    self._load(conn, target, names, [batch])
+                else:
+                    self._insert(conn, target, batch, keys if upsert else None)
                 conn.commit()
                 committed += batch.num_rows
                 result.add(batch)
@@ -1057,8 +1145,6 @@ class MySQLBackend(Backend):
                 rows_committed=committed,
                 resume_after=last_key,
             ) from (None if is_db_error else exc)
-
-
 
 
 def _message(exc: Exception) -> str:
