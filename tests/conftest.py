@@ -123,3 +123,67 @@ def copy_in_child():
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     return run
+
+
+# -- MariaDB/MySQL: a plain connection for setting up and checking ---------------------------------
+#
+# Tests make tables and look at what membound left behind (tables, PROCESSLIST) through PyMySQL
+# directly, in autocommit, outside the backend under test. `my` is such a connection for the test,
+# `my_tables()` names a new table that is dropped at the test's end, `mysql_plain(url)` opens one
+# more (the caller closes it).
+
+
+class _MySQLPlain:
+    """A small autocommit PyMySQL connection: ``execute(sql, params)`` -> all its rows."""
+
+    def __init__(self, url: str) -> None:
+        pymysql = pytest.importorskip("pymysql")
+        parts = urlsplit(url)
+        self.conn = pymysql.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=parts.username or "root",
+            password=parts.password or "",
+            database=parts.path.lstrip("/"),
+            charset="utf8mb4",
+            autocommit=True,
+        )
+
+    def execute(self, sql: str, params=None) -> list[tuple]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_plain():
+    """``mysql_plain(url)`` -> a new plain connection (``execute``, ``conn``, ``close``)."""
+    return _MySQLPlain
+
+
+@pytest.fixture
+def my(mysql_url):
+    """A plain connection to the test MariaDB/MySQL server, closed at the test's end."""
+    helper = _MySQLPlain(mysql_url)
+    yield helper
+    helper.close()
+
+
+@pytest.fixture
+def my_tables(my):
+    """``my_tables(prefix="t")`` -> a new table name ``mbtest_<prefix>_<hex>``, dropped (if it
+    exists) at the test's end."""
+    import uuid
+
+    names: list[str] = []
+
+    def make(prefix: str = "t") -> str:
+        names.append(f"mbtest_{prefix}_{uuid.uuid4().hex[:10]}")
+        return names[-1]
+
+    yield make
+    for name in names:
+        my.execute(f"DROP TABLE IF EXISTS `{name}`")

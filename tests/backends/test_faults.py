@@ -265,7 +265,7 @@ def test_pg_source_gone_mid_copy_into_mysql(postgres_url, pg, pg_tables, mysql_u
     name = pg_tables()
     pg_fill(pg, name, rows, width=1000)
     url, app = with_app(postgres_url)
-    target = my_tables()
+    target = my_tables("fault")
     my.execute(f"CREATE TABLE {target} (id BIGINT PRIMARY KEY, v TEXT)")
     my.execute(f"INSERT INTO {target} VALUES (-1, 'old')")
 
@@ -381,49 +381,6 @@ def test_pg_refused_login_says_what_to_do(postgres_url, pg):
 # -- MariaDB / MySQL -------------------------------------------------------------------------------
 
 
-def my_connect(url: str):
-    parts = urlsplit(url)
-    return pymysql.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        database=parts.path.lstrip("/"),
-        charset="utf8mb4",
-        autocommit=True,
-    )
-
-
-class MyHelper:
-    def __init__(self, url: str) -> None:
-        self.conn = my_connect(url)
-
-    def execute(self, sql: str, params=None) -> list[tuple]:
-        with self.conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
-
-
-@pytest.fixture
-def my(mysql_url):
-    helper = MyHelper(mysql_url)
-    yield helper
-    helper.conn.close()
-
-
-@pytest.fixture
-def my_tables(my):
-    names: list[str] = []
-
-    def make() -> str:
-        names.append(f"mbtest_fault_{uuid.uuid4().hex[:10]}")
-        return names[-1]
-
-    yield make
-    for name in names:
-        my.execute(f"DROP TABLE IF EXISTS `{name}`")
-
-
 @pytest.fixture
 def my_user(mysql_url, my):
     """A URL logging in as a user of this test's own (so its connections can be told apart)."""
@@ -485,7 +442,7 @@ def my_fill(my, name: str, rows: int = ROWS) -> None:
 
 
 def test_my_server_gone_mid_read(mysql_url, my, my_tables):
-    name = my_tables()
+    name = my_tables("fault")
     my_fill(my, name)
     with open_backend(mysql_url, budget=SMALL_BUDGET) as db:
         stream = db.batches(name)
@@ -509,7 +466,7 @@ def test_my_pooled_connection_ended_meanwhile_is_replaced(
 
     if not wait_s:
         monkeypatch.setattr(mysql, "POOL_CHECK_AFTER_IDLE_S", 0.0)
-    name = my_tables()
+    name = my_tables("fault")
     with open_backend(mysql_url) as db:
         # The pooled connection (reads may go through mysqlclient on a connection of their own,
         # but writes and table metadata use the pool).
@@ -527,7 +484,7 @@ def test_my_server_gone_mid_append_reports_exactly_what_was_committed(
     my_user, my, my_tables, tmp_path
 ):
     source = write_parquet(tmp_path / "in.parquet")
-    name = my_tables()
+    name = my_tables("fault")
     my.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, v TEXT)")
     url, user = my_user
     target = f"{url}?table={name}"
@@ -570,7 +527,7 @@ def test_my_server_gone_mid_replace_leaves_the_old_table_and_no_build_table(
     mysql_url, my, my_tables
 ):
     leftovers_before = my_leftovers(my)
-    name = my_tables()
+    name = my_tables("fault")
     my.execute(f"CREATE TABLE {name} (id BIGINT, v TEXT)")
     my.execute(f"INSERT INTO {name} VALUES (1, 'old')")
     with open_backend(mysql_url) as db:
@@ -590,17 +547,16 @@ def test_my_server_gone_mid_replace_leaves_the_old_table_and_no_build_table(
     assert eventually(lambda: my_alive(my, threads)) == []
 
 
-def test_my_table_dropped_mid_read_waits_for_the_reader(mysql_url, my, my_tables):
+def test_my_table_dropped_mid_read_waits_for_the_reader(mysql_url, my, my_tables, mysql_plain):
     """As in PostgreSQL: the drop waits for the read's metadata lock, which the stream releases."""
-    name = my_tables()
+    name = my_tables("fault")
     my_fill(my, name)
     dropped = threading.Event()
 
     def drop() -> None:
-        other = my_connect(mysql_url)
+        other = mysql_plain(mysql_url)
         try:
-            with other.cursor() as cursor:
-                cursor.execute(f"DROP TABLE {name}")
+            other.execute(f"DROP TABLE {name}")
         finally:
             other.close()
         dropped.set()
@@ -623,7 +579,7 @@ def test_my_table_dropped_mid_read_waits_for_the_reader(mysql_url, my, my_tables
 
 
 def test_my_constraint_violation_mid_upsert(mysql_url, my, my_tables):
-    name = my_tables()
+    name = my_tables("fault")
     my.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, v TEXT NOT NULL)")
     bad = pa.record_batch({"id": pa.array([500], pa.int64()), "v": pa.array([None], pa.string())})
     with open_backend(mysql_url) as db:

@@ -31,51 +31,6 @@ pymysql = pytest.importorskip("pymysql")
 pytestmark = pytest.mark.server
 
 
-def plain_connection(url: str):
-    parts = urlsplit(url)
-    return pymysql.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        database=parts.path.lstrip("/"),
-        charset="utf8mb4",
-        autocommit=True,
-    )
-
-
-class Plain:
-    """A small autocommit helper connection for setting up and checking."""
-
-    def __init__(self, url: str) -> None:
-        self.conn = plain_connection(url)
-
-    def execute(self, sql: str, params=None) -> list[tuple]:
-        with self.conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
-
-
-@pytest.fixture
-def my(mysql_url):
-    helper = Plain(mysql_url)
-    yield helper
-    helper.conn.close()
-
-
-@pytest.fixture
-def tables(my):
-    names: list[str] = []
-
-    def make(prefix: str = "t") -> str:
-        names.append(f"mbtest_{prefix}_{uuid.uuid4().hex[:10]}")
-        return names[-1]
-
-    yield make
-    for name in names:
-        my.execute(f"DROP TABLE IF EXISTS `{name}`")
-
-
 @pytest.fixture(params=["mysqlclient", "pymysql"])
 def read_url(request, mysql_url) -> str:
     """The server's URL for each read path: mysqlclient (when installed) and PyMySQL."""
@@ -158,8 +113,8 @@ def read_all(db, what: str) -> list[dict]:
     return out
 
 
-def test_read_maps_every_type_and_keeps_nulls(read_url, my, tables):
-    name = tables()
+def test_read_maps_every_type_and_keeps_nulls(read_url, my, my_tables):
+    name = my_tables()
     fill_all_types(my, name)
     with open_backend(read_url) as db:
         rows = read_all(db, name)
@@ -176,8 +131,8 @@ def test_read_maps_every_type_and_keeps_nulls(read_url, my, tables):
     assert schema.field("j").metadata == {b"membound.type": b"json"}
 
 
-def test_round_trip_keeps_types_and_values(read_url, my, tables):
-    source, target = tables(), tables()
+def test_round_trip_keeps_types_and_values(read_url, my, my_tables):
+    source, target = my_tables(), my_tables()
     fill_all_types(my, source)
     with open_backend(read_url) as db:
         result = db.write(target, db.batches(source), key="id")
@@ -197,8 +152,8 @@ def test_round_trip_keeps_types_and_values(read_url, my, tables):
     assert types["j"] in ("json", "longtext")  # MariaDB's JSON is LONGTEXT with a check
 
 
-def test_write_from_arrow_types_mysql_lacks(mysql_url, tables):
-    name = tables()
+def test_write_from_arrow_types_mysql_lacks(mysql_url, my_tables):
+    name = my_tables()
     u = uuid.UUID("12345678-1234-5678-1234-567812345678")
     batch = pa.record_batch(
         {
@@ -226,8 +181,8 @@ def test_write_from_arrow_types_mysql_lacks(mysql_url, tables):
     assert all(v is None for v in rows[1].values())
 
 
-def test_params_and_injection(read_url, my, tables):
-    name = tables()
+def test_params_and_injection(read_url, my, my_tables):
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id INT, t TEXT)")
     my.execute(f"INSERT INTO {name} VALUES (1, 'it''s'), (2, 'b'), (3, 'c')")
     with open_backend(read_url) as db:
@@ -237,8 +192,8 @@ def test_params_and_injection(read_url, my, tables):
         assert list(db.rows(query, {"low": 1})) == [(2,), (3,)]
 
 
-def test_empty_result_yields_one_empty_batch_with_schema(read_url, my, tables):
-    name = tables()
+def test_empty_result_yields_one_empty_batch_with_schema(read_url, my, my_tables):
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id INT, v VARCHAR(10))")
     with open_backend(read_url) as db:
         batches = list(db.batches(name))
@@ -246,9 +201,9 @@ def test_empty_result_yields_one_empty_batch_with_schema(read_url, my, tables):
     assert batches[0].schema.names == ["id", "v"]
 
 
-def test_text_with_a_binary_collation_reads_as_text(read_url, my, tables):
+def test_text_with_a_binary_collation_reads_as_text(read_url, my, my_tables):
     """MySQL flags utf8mb4_bin text (and MariaDB's JSON) as binary; only real bytes are binary."""
-    name = tables()
+    name = my_tables()
     my.execute(
         f"CREATE TABLE {name} (id INT, a VARCHAR(10) COLLATE utf8mb4_bin, b VARBINARY(10), "
         "c LONGTEXT COLLATE utf8mb4_bin, d CHAR(3) CHARACTER SET ascii COLLATE ascii_bin) "
@@ -277,8 +232,8 @@ def fill_numbers(my, name: str, count: int) -> None:
     )
 
 
-def test_batches_are_sized_in_bytes(read_url, my, tables):
-    name = tables()
+def test_batches_are_sized_in_bytes(read_url, my, my_tables):
+    name = my_tables()
     fill_numbers(my, name, 100000)
     with open_backend(read_url, budget="16MB") as db:
         sizes = [(b.num_rows, b.nbytes) for b in db.batches(name)]
@@ -288,8 +243,8 @@ def test_batches_are_sized_in_bytes(read_url, my, tables):
     assert max(nbytes for _, nbytes in sizes) <= 1.2 * target
 
 
-def test_insert_statements_stay_under_max_allowed_packet(mysql_url, my, tables):
-    name = tables()
+def test_insert_statements_stay_under_max_allowed_packet(mysql_url, my, my_tables):
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id INT, payload LONGTEXT)")
     with open_backend(mysql_url, budget="2GB") as db:
         db.load_data = False  # the INSERT path (servers without local_infile)
@@ -313,8 +268,8 @@ AWKWARD_TEXTS = ["a\\b\tc\nd\x00e\\", "\\N", "NULL", "", None, "\r\n", ASTRAL, "
 AWKWARD_BYTES = [b"\x00\xff\t\n\\N", b"\\", b"", None, b"\xc3", b"\x00", b"x\ty", b"'"]
 
 
-def test_writes_keep_awkward_text_and_bytes(mysql_url, tables, write_path):
-    name = tables()
+def test_writes_keep_awkward_text_and_bytes(mysql_url, my_tables, write_path):
+    name = my_tables()
     batch = pa.record_batch(
         {
             "id": pa.array(range(len(AWKWARD_TEXTS)), pa.int64()),
@@ -332,9 +287,9 @@ def test_writes_keep_awkward_text_and_bytes(mysql_url, tables, write_path):
     assert [r["f"] for r in rows] == batch.column("f").to_pylist()
 
 
-def test_load_data_fails_on_values_the_server_would_truncate(mysql_url, my, tables):
+def test_load_data_fails_on_values_the_server_would_truncate(mysql_url, my, my_tables):
     # With LOCAL the server turns strict-mode errors into warnings: the write must still fail.
-    name = tables()
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id INT, v VARCHAR(3))")
     my.execute(f"INSERT INTO {name} VALUES (0, 'old')")
     batch = pa.record_batch({"id": [1, 2], "v": ["abc", "abcdef"]})
@@ -345,11 +300,11 @@ def test_load_data_fails_on_values_the_server_would_truncate(mysql_url, my, tabl
     assert my.execute(f"SELECT * FROM {name}") == [(0, "old")]
 
 
-def test_load_data_serves_no_file_the_server_names(mysql_url, my, tables, monkeypatch):
+def test_load_data_serves_no_file_the_server_names(mysql_url, my, my_tables, monkeypatch):
     """A server that asks for another file than the statement's token gets nothing."""
     import membound.backends.mysql_load as mysql_load
 
-    name = tables()
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id INT)")
     real = mysql_load.load_statement
 
@@ -385,8 +340,8 @@ def leftover_build_tables(my) -> list[tuple]:
     )
 
 
-def test_mode_fail_refuses_an_existing_table(mysql_url, tables):
-    name = tables()
+def test_mode_fail_refuses_an_existing_table(mysql_url, my_tables):
+    name = my_tables()
     with open_backend(mysql_url) as db:
         assert db.write(name, [numbers(0, 3)]).created
         with pytest.raises(TargetExistsError, match=name):
@@ -394,8 +349,8 @@ def test_mode_fail_refuses_an_existing_table(mysql_url, tables):
         assert len(read_all(db, name)) == 3
 
 
-def test_mode_append_adds_rows(mysql_url, my, tables):
-    name = tables()
+def test_mode_append_adds_rows(mysql_url, my, my_tables):
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id INT, v TEXT, extra VARCHAR(9) DEFAULT 'dflt')")
     with open_backend(mysql_url) as db:
         result = db.write(name, [numbers(0, 3), numbers(3, 5)], mode="append")
@@ -405,9 +360,9 @@ def test_mode_append_adds_rows(mysql_url, my, tables):
     assert my.execute(f"SELECT COUNT(*), MIN(extra) FROM {name}") == [(5, "dflt")]
 
 
-def test_mode_replace_swaps_the_table(mysql_url, my, tables):
+def test_mode_replace_swaps_the_table(mysql_url, my, my_tables):
     leftovers_before = set(leftover_build_tables(my))
-    name = tables()
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (old_column INT)")
     with open_backend(mysql_url) as db:
         result = db.write(name, [numbers(0, 4)], mode="replace", key="id")
@@ -417,9 +372,9 @@ def test_mode_replace_swaps_the_table(mysql_url, my, tables):
     assert set(leftover_build_tables(my)) <= leftovers_before
 
 
-def test_replace_is_atomic_when_the_batch_stream_fails(mysql_url, my, tables):
+def test_replace_is_atomic_when_the_batch_stream_fails(mysql_url, my, my_tables):
     leftovers_before = set(leftover_build_tables(my))
-    name = tables()
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id BIGINT, v TEXT)")
     my.execute(f"INSERT INTO {name} VALUES (1, 'old')")
 
@@ -436,9 +391,9 @@ def test_replace_is_atomic_when_the_batch_stream_fails(mysql_url, my, tables):
     assert set(leftover_build_tables(my)) <= leftovers_before
 
 
-def test_replace_is_atomic_when_the_server_rejects_the_data(mysql_url, my, tables):
+def test_replace_is_atomic_when_the_server_rejects_the_data(mysql_url, my, my_tables):
     leftovers_before = set(leftover_build_tables(my))
-    name = tables()
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id BIGINT, v TEXT)")
     my.execute(f"INSERT INTO {name} VALUES (1, 'old')")
     with open_backend(mysql_url) as db, pytest.raises(TargetError, match="Duplicate"):
@@ -447,8 +402,8 @@ def test_replace_is_atomic_when_the_server_rejects_the_data(mysql_url, my, table
     assert set(leftover_build_tables(my)) <= leftovers_before
 
 
-def test_mode_upsert_inserts_and_updates_on_key(mysql_url, tables):
-    name = tables()
+def test_mode_upsert_inserts_and_updates_on_key(mysql_url, my_tables):
+    name = my_tables()
     with open_backend(mysql_url) as db:
         first = pa.record_batch({"id": [1, 2, 2], "v": ["a", "b", "b2"]})
         assert db.write(name, [first], mode="upsert", key="id").created
@@ -460,8 +415,8 @@ def test_mode_upsert_inserts_and_updates_on_key(mysql_url, tables):
         ]
 
 
-def test_constraint_violation_mid_append_reports_what_was_committed(mysql_url, my, tables):
-    name = tables()
+def test_constraint_violation_mid_append_reports_what_was_committed(mysql_url, my, my_tables):
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, v TEXT)")
     with open_backend(mysql_url) as db:
         with pytest.raises(PartialWriteError) as caught:
@@ -516,8 +471,8 @@ def test_missing_table_and_bad_sql(read_url, my):
     assert alive(my, ids) == []
 
 
-def test_abandoned_stream_stops_the_server_without_reading_the_rest(read_url, my, tables):
-    name = tables()
+def test_abandoned_stream_stops_the_server_without_reading_the_rest(read_url, my, my_tables):
+    name = my_tables()
     fill_numbers(my, name, 300000)
     with open_backend(read_url, budget="4MB") as db:
         stream = db.batches(name)
@@ -526,7 +481,7 @@ def test_abandoned_stream_stops_the_server_without_reading_the_rest(read_url, my
         stream.close()
         assert time.perf_counter() - started < 1.0
         # A read and a write on the same backend at once use two connections.
-        copy = tables()
+        copy = my_tables()
         assert db.write(copy, db.batches(name)).rows == 300000
         ids = thread_ids(db)
         assert busy(my, ids) == []
@@ -564,9 +519,9 @@ MEMORY_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def big_table(mysql_url):
+def big_table(mysql_url, mysql_plain):
     name = f"mbtest_big_{uuid.uuid4().hex[:10]}"
-    helper = Plain(mysql_url)
+    helper = mysql_plain(mysql_url)
     # The shared benchmark's events table.
     helper.execute(
         f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, user_id INT NOT NULL, ts DATETIME(6) NOT "
@@ -617,10 +572,10 @@ def sqlalchemy_url(mysql_url) -> str:
     return "mysql+mysqldb://" + mysql_url.split("://", 1)[1]
 
 
-def test_sqlalchemy_backend_round_trip_and_modes(sqlalchemy_url, tables):
+def test_sqlalchemy_backend_round_trip_and_modes(sqlalchemy_url, my_tables):
     from membound.backends.sqlalchemy import SQLAlchemyBackend
 
-    name = tables()
+    name = my_tables()
     with open_backend(sqlalchemy_url, budget="16MB") as db:
         assert isinstance(db, SQLAlchemyBackend) and db.streams
         first = pa.record_batch({"id": [1, 2], "v": [ASTRAL, None]})
@@ -645,10 +600,10 @@ def test_sqlalchemy_backend_warns_when_the_dialect_cannot_stream(sqlalchemy_url)
             list(db.batches("SELECT 1 AS one"))
 
 
-def test_sqlalchemy_backend_replace_swaps_atomically(sqlalchemy_url, my, tables):
+def test_sqlalchemy_backend_replace_swaps_atomically(sqlalchemy_url, my, my_tables):
     """MySQL's DDL is not transactional: replace swaps both names in one RENAME TABLE."""
     leftovers_before = set(leftover_build_tables(my))
-    name = tables()
+    name = my_tables()
     my.execute(f"CREATE TABLE {name} (id BIGINT, v TEXT)")
     my.execute(f"INSERT INTO {name} VALUES (1, 'old')")
     with open_backend(sqlalchemy_url) as db:

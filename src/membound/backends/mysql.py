@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import re
 import socket
@@ -61,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
-from membound.backends.mysql_load import LoadRejected, binary_scalar, load_data
+from membound.backends.mysql_load import LoadRejected, binary_scalar, load_data, mysql_texts
 from membound.backends.postgres import resume_hint
 from membound.batching import LOGICAL_TYPE_KEY, prepend, rebatch
 from membound.budget import Budget
@@ -431,58 +430,25 @@ _NULL_LITERAL, _OPEN, _COMMA, _CLOSE = (binary_scalar(b) for b in (b"NULL", b"("
 
 def literals(array: pa.Array, field: pa.Field, backslash_escapes: bool) -> pa.Array:
     """One column as an array of SQL literal texts (binary), ``NULL`` for nulls."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    t = array.type
-    ext = getattr(t, "extension_name", None)
-    mark = (field.metadata or {}).get(LOGICAL_TYPE_KEY)
-    if ext == "arrow.uuid" or (t == pa.binary(16) and mark != b"binary"):
-        from membound.backends.postgres import uuid_to_string
-
-        out = _quote(uuid_to_string(array), backslash_escapes)
-    elif ext == "arrow.json":
-        out = _quote(array.storage, backslash_escapes)
-    elif isinstance(t, pa.BaseExtensionType):
-        return literals(array.storage, pa.field(field.name, t.storage_type), backslash_escapes)
-    elif pa.types.is_dictionary(t):
-        return literals(array.dictionary_decode(), field, backslash_escapes)
-    elif pa.types.is_boolean(t):
-        out = array.cast(pa.int8(), memory_pool=POOL).cast(pa.string(), memory_pool=POOL)
-    elif pa.types.is_integer(t) or pa.types.is_decimal(t):
-        out = array.cast(pa.string(), memory_pool=POOL)
-    elif pa.types.is_floating(t):
-        if not pc.all(pc.or_kleene(pc.is_finite(array), pc.is_null(array))).as_py():
-            raise SchemaError(f"column {field.name!r} holds NaN or infinity, which MySQL cannot")
-        out = array.cast(pa.float64(), memory_pool=POOL).cast(pa.string(), memory_pool=POOL)
-    elif pa.types.is_timestamp(t):
-        # MySQL has no zone: tz-aware values are written as their UTC wall time.
-        naive = array.cast(pa.timestamp(t.unit), memory_pool=POOL).cast(
-            pa.timestamp("us"), safe=False, memory_pool=POOL
-        )
-        out = _quote(naive.cast(pa.string(), memory_pool=POOL), backslash_escapes)
-    elif pa.types.is_date(t) or pa.types.is_time(t) or _is_text(t):
-        out = _quote(array.cast(pa.string(), memory_pool=POOL), backslash_escapes)
-    elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        quoted = _quote(array.cast(pa.binary(), memory_pool=POOL), backslash_escapes)
-        out = pc.binary_join_element_wise(_BINARY_PREFIX, quoted, _NOTHING, memory_pool=POOL)
-    elif pa.types.is_null(t):
-        return pa.repeat(_NULL_LITERAL, len(array))
-    elif pa.types.is_nested(t):
-        texts = [None if v is None else json.dumps(v, default=str) for v in array.to_pylist()]
-        out = _quote(pa.array(texts, pa.string()), backslash_escapes)
-    else:
-        raise SchemaError(f"column {field.name!r} has Arrow type {t}, which MySQL has no type for")
-    return pc.coalesce(out.cast(pa.binary(), memory_pool=POOL), _NULL_LITERAL, memory_pool=POOL)
+    kind, values = mysql_texts(array, field, POOL)
+    if kind == "null":
+        return pa.repeat(_NULL_LITERAL, len(values))
+    if kind in ("plain", "text"):
+        values = _quote(values, backslash_escapes)
+    elif kind == "binary":
+        if pa.types.is_binary_view(values.type):  # LOAD DATA takes it; INSERTs never did
+            raise SchemaError(
+                f"column {field.name!r} has Arrow type {values.type}, which MySQL has no type for"
+            )
+        quoted = _quote(values, backslash_escapes)
+        values = pc.binary_join_element_wise(_BINARY_PREFIX, quoted, _NOTHING, memory_pool=POOL)
+    return pc.coalesce(values.cast(pa.binary(), memory_pool=POOL), _NULL_LITERAL, memory_pool=POOL)
 
 
 def _is_tz_timestamp(t: pa.DataType) -> bool:
     if isinstance(t, pa.BaseExtensionType):
         t = t.storage_type
     return pa.types.is_timestamp(t) and t.tz is not None
-
-
-def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 def _values_rows(batch: pa.RecordBatch, backslash_escapes: bool) -> pa.Array:
@@ -741,7 +707,6 @@ class MySQLBackend(Backend):
         sizer = self._budget(budget).sizer(conversion=False)
         sql, table = self._select(query_or_table)
         what = query_or_table or self.default_table or ""
-        finished = False
         if self._mysqldb is not None:
             json_columns: set[str] = set()
             if table is not None:
@@ -756,70 +721,59 @@ class MySQLBackend(Backend):
                     json_columns = self._json_columns(meta, table)
             cursor = conn.cursor(self._pymysql.cursors.SSCursor)
             try:
-                try:
-                    cursor.execute(sql, params)
-                except self._pymysql.err.MySQLError as exc:
-                    raise self._read_error(exc, what) from None
-                columns = [_column_for(f) for f in cursor._result.fields]
-                schema = pa.schema([c.field(json_columns) for c in columns])
-                produced = False
-                while True:
-                    try:
-                        with gc_paused():
-                            rows = cursor.fetchmany(sizer.rows_per_batch)
-                    except self._pymysql.err.MySQLError as exc:
-                        raise self._read_error(exc, what) from None
-                    if not rows:
-                        break
-                    arrays = _columns_of(rows, columns)
-                    del rows
-                    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
-                    del arrays
-                    sizer.observe(batch.num_rows, batch.nbytes)
-                    sizer.check_memory(f"reading {what[:60]}")
-                    produced = True
-                    yield batch
-                    del batch
-                finished = True
-                if not produced:
-                    yield pa.RecordBatch.from_arrays(
-                        [pa.nulls(0, f.type) for f in schema], schema=schema
-                    )
-            finally:
-                if finished:
-                    with contextlib.suppress(Exception):
-                        cursor.close()
+                cursor.execute(sql, params)
+            except self._pymysql.err.MySQLError as exc:
+                raise self._read_error(exc, what) from None
+            columns = [_column_for(f) for f in cursor._result.fields]
+            errors = self._pymysql.err.MySQLError
+            yield from self._fetched(cursor, errors, lambda _: columns, json_columns, sizer, what)
 
     def _read_fast(self, sql, params, json_columns, sizer, what) -> Iterator[pa.RecordBatch]:
         """The read of :meth:`batches` through mysqlclient's unbuffered cursor, on a connection
         of its own that is closed at the end (never pooled: a read may be abandoned)."""
         mysqldb = self._mysqldb
         conn = self._connect_fast()
-        finished = False
         try:
             cursor = conn.cursor(mysqldb.cursors.SSCursor)
             try:
                 cursor.execute(sql, params)
             except mysqldb.MySQLError as exc:
                 raise self._read_error(exc, what) from None
-            columns: list[_Column] | None = None
-            schema = pa.schema([])
-            produced = False
+
+            def typed(rows: Sequence[tuple]) -> list[_Column]:
+                # Typed from the first rows: see _Described.
+                described = zip(
+                    cursor.description or (), cursor.description_flags or (), strict=True
+                )
+                return [
+                    _column_for(_Described(d, flags, _first_value(rows, i)))
+                    for i, (d, flags) in enumerate(described)
+                ]
+
+            yield from self._fetched(cursor, mysqldb.MySQLError, typed, json_columns, sizer, what)
+        finally:
+            self._discard(conn)
+
+    def _fetched(
+        self, cursor, errors, typed, json_columns, sizer, what
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of an executed unbuffered ``cursor``'s result, one empty batch for an empty
+        result; ``errors`` are the driver's, ``typed(rows)`` gives the columns from the first
+        rows fetched. The cursor is closed once its result is read to the end, not before (a
+        PyMySQL cursor would read the rest of the result)."""
+        columns: list[_Column] | None = None
+        schema = pa.schema([])
+        produced = False
+        finished = False
+        try:
             while True:
                 try:
                     with gc_paused():
                         rows = cursor.fetchmany(sizer.rows_per_batch)
-                except mysqldb.MySQLError as exc:
+                except errors as exc:
                     raise self._read_error(exc, what) from None
                 if columns is None:
-                    # Typed from the first rows: see _Described.
-                    described = zip(
-                        cursor.description or (), cursor.description_flags or (), strict=True
-                    )
-                    columns = [
-                        _column_for(_Described(d, flags, _first_value(rows, i)))
-                        for i, (d, flags) in enumerate(described)
-                    ]
+                    columns = typed(rows)
                     schema = pa.schema([c.field(json_columns) for c in columns])
                 if not rows:
                     break
@@ -841,7 +795,6 @@ class MySQLBackend(Backend):
             if finished:
                 with contextlib.suppress(Exception):
                     cursor.close()
-            self._discard(conn)
 
     def schema(self, query_or_table: str | None = None) -> pa.Schema:
         sql, table = self._select(query_or_table)

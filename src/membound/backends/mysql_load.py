@@ -29,7 +29,14 @@ import pyarrow.compute as pc
 from membound.batching import LOGICAL_TYPE_KEY
 from membound.errors import SchemaError
 
-__all__ = ["LoadRejected", "binary_scalar", "load_data", "load_statement", "tsv_rows"]
+__all__ = [
+    "LoadRejected",
+    "binary_scalar",
+    "load_data",
+    "load_statement",
+    "mysql_texts",
+    "tsv_rows",
+]
 
 # Bytes of row text per protocol packet: large enough that the per-packet cost (two syscalls)
 # vanishes, small next to a batch; capped below the server's max_allowed_packet.
@@ -86,8 +93,15 @@ def _value_bytes(values: pa.Array) -> memoryview:
     return memoryview(data)[start:end]
 
 
-def tsv_texts(array: pa.Array, field: pa.Field, pool: pa.MemoryPool) -> pa.Array:
-    """One column as LOAD DATA field texts (binary), ``\\N`` for nulls."""
+def mysql_texts(array: pa.Array, field: pa.Field, pool: pa.MemoryPool) -> tuple[str, pa.Array]:
+    """One column as MySQL's texts of its values, unfinished: ``(kind, values)``, nulls null.
+
+    The one place that decides how each Arrow type is written, for LOAD DATA (:func:`tsv_texts`)
+    and for INSERT literals (``mysql.literals``); the caller finishes the values by ``kind``:
+    ``"bare"`` numbers (written as they are), ``"plain"`` texts that need no escape (uuids,
+    timestamps as naive UTC, dates, times: quoted in SQL), ``"text"`` strings and JSON (escaped),
+    ``"binary"`` bytes, uncast (escaped), ``"null"`` a column of the null type (``values`` is it).
+    """
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     t = array.type
@@ -96,49 +110,57 @@ def tsv_texts(array: pa.Array, field: pa.Field, pool: pa.MemoryPool) -> pa.Array
     if ext == "arrow.uuid" or (t == pa.binary(16) and mark != b"binary"):
         from membound.backends.postgres import uuid_to_string
 
-        out = uuid_to_string(array)
-    elif ext == "arrow.json":
-        out = _escaped(array.storage, pool)
-    elif isinstance(t, pa.BaseExtensionType):
-        return tsv_texts(array.storage, pa.field(field.name, t.storage_type), pool)
-    elif pa.types.is_dictionary(t):
-        return tsv_texts(array.dictionary_decode(), field, pool)
-    elif pa.types.is_boolean(t):
-        out = array.cast(pa.int8(), memory_pool=pool).cast(pa.string(), memory_pool=pool)
-    elif pa.types.is_integer(t) or pa.types.is_decimal(t):
-        out = array.cast(pa.string(), memory_pool=pool)
-    elif pa.types.is_floating(t):
+        return "plain", uuid_to_string(array)
+    if ext == "arrow.json":
+        return "text", array.storage
+    if isinstance(t, pa.BaseExtensionType):
+        return mysql_texts(array.storage, pa.field(field.name, t.storage_type), pool)
+    if pa.types.is_dictionary(t):
+        return mysql_texts(array.dictionary_decode(), field, pool)
+    if pa.types.is_boolean(t):
+        return "bare", array.cast(pa.int8(), memory_pool=pool).cast(pa.string(), memory_pool=pool)
+    if pa.types.is_integer(t) or pa.types.is_decimal(t):
+        return "bare", array.cast(pa.string(), memory_pool=pool)
+    if pa.types.is_floating(t):
         if not pc.all(pc.or_kleene(pc.is_finite(array), pc.is_null(array))).as_py():
             raise SchemaError(f"column {field.name!r} holds NaN or infinity, which MySQL cannot")
-        out = array.cast(pa.float64(), memory_pool=pool).cast(pa.string(), memory_pool=pool)
-    elif pa.types.is_timestamp(t):
+        as_double = array.cast(pa.float64(), memory_pool=pool)
+        return "bare", as_double.cast(pa.string(), memory_pool=pool)
+    if pa.types.is_timestamp(t):
         # MySQL has no zone: tz-aware values are written as their UTC wall time.
         naive = array.cast(pa.timestamp(t.unit), memory_pool=pool).cast(
             pa.timestamp("us"), safe=False, memory_pool=pool
         )
-        out = naive.cast(pa.string(), memory_pool=pool)
-    elif pa.types.is_date(t) or pa.types.is_time(t):
-        out = array.cast(pa.string(), memory_pool=pool)
-    elif (
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_string_view(t)
-        or pa.types.is_binary(t)
+        return "plain", naive.cast(pa.string(), memory_pool=pool)
+    if pa.types.is_date(t) or pa.types.is_time(t):
+        return "plain", array.cast(pa.string(), memory_pool=pool)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "text", array.cast(pa.string(), memory_pool=pool)
+    if (
+        pa.types.is_binary(t)
         or pa.types.is_large_binary(t)
         or pa.types.is_binary_view(t)
         or pa.types.is_fixed_size_binary(t)
     ):
-        out = _escaped(array.cast(pa.binary(), memory_pool=pool), pool)
-    elif pa.types.is_null(t):
-        return pa.repeat(_NULL_TEXT, len(array))
-    elif pa.types.is_nested(t):
+        return "binary", array
+    if pa.types.is_null(t):
+        return "null", array
+    if pa.types.is_nested(t):
         import json
 
         texts = [None if v is None else json.dumps(v, default=str) for v in array.to_pylist()]
-        out = _escaped(pa.array(texts, pa.string()), pool)
-    else:
-        raise SchemaError(f"column {field.name!r} has Arrow type {t}, which MySQL has no type for")
-    return pc.coalesce(out.cast(pa.binary(), memory_pool=pool), _NULL_TEXT, memory_pool=pool)
+        return "text", pa.array(texts, pa.string())
+    raise SchemaError(f"column {field.name!r} has Arrow type {t}, which MySQL has no type for")
+
+
+def tsv_texts(array: pa.Array, field: pa.Field, pool: pa.MemoryPool) -> pa.Array:
+    """One column as LOAD DATA field texts (binary), ``\\N`` for nulls."""
+    kind, values = mysql_texts(array, field, pool)
+    if kind == "null":
+        return pa.repeat(_NULL_TEXT, len(values))
+    if kind in ("text", "binary"):
+        values = _escaped(values, pool)
+    return pc.coalesce(values.cast(pa.binary(), memory_pool=pool), _NULL_TEXT, memory_pool=pool)
 
 
 def tsv_rows(batch: pa.RecordBatch, pool: pa.MemoryPool) -> memoryview:
