@@ -9,11 +9,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.db.models import F, signals
-from testapp.models import Document, Event, Group, IntItem
+from django.test import override_settings
+from testapp.models import Document, Event, Group, IntItem, Stamped
 
 from membound.django import chunked
 from membound.django.instances import ChunkModelIterable, fast_iterable_for
+from membound.django.loaders import FastTimestamps
 
 ROWS = 50
 
@@ -104,6 +107,79 @@ def test_large_values_still_deferred_with_fast_instances(alias):
     assert all(not name.startswith("_membound") for doc in docs for name in vars(doc))
 
 
+
+def _exact(obj) -> list:
+    """Each attribute's value with its type and, for datetimes, its tzinfo object's identity:
+    an aware datetime equals one of another tzinfo, so == alone would not tell them apart."""
+    exact = []
+    for name, value in sorted(vars(obj).items()):
+        if name == "_state":
+            continue
+        zone = getattr(value, "tzinfo", None)
+        exact.append((name, type(value), value, repr(zone), id(zone)))
+    return exact
+
+
+def _timestamped(alias: str) -> None:
+    _populate(alias)
+    Stamped.objects.using(alias).bulk_create(Stamped(name=f"s{i}") for i in range(ROWS))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda alias: Event.objects.using(alias).order_by("pk"),
+        lambda alias: Event.objects.using(alias).annotate(
+            later=F("ts") + timedelta(days=1)).order_by("-ts"),
+        lambda alias: Stamped.objects.using(alias).order_by("created", "pk"),
+    ],
+    ids=["column", "annotation-and-ordering", "auto_now_add"],
+)
+@pytest.mark.parametrize(
+    "zone",
+    [{"USE_TZ": True}, {"USE_TZ": False, "TIME_ZONE": "America/New_York"}],
+    ids=["aware", "naive-new-york"],
+)
+def test_datetimes_are_djangos_exactly(alias, make, zone):
+    _timestamped(alias)
+    with override_settings(**zone):
+        queryset = make(alias)
+        expected = [_exact(obj) for obj in queryset]
+        got = [_exact(obj) for obj in chunked(queryset, chunk_size=7)]
+    assert got == expected
+    assert len(got) == ROWS
+
+
+def test_postgres_timestamps_load_in_c_when_psycopg_has_it(alias):
+    if alias != "postgres":
+        pytest.skip("the C timestamptz loader is PostgreSQL's")
+    import psycopg
+    from psycopg.types.datetime import TimestamptzLoader
+
+    if psycopg.adapters.get_loader(1184, psycopg.pq.Format.TEXT) is TimestamptzLoader:
+        pytest.skip("psycopg without its C implementation: Django's loader is kept")
+    timestamps = FastTimestamps.for_connection(connections[alias])
+    assert timestamps is not None
+    _populate(alias)
+    loaded = []
+
+    def spy(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        cursor = context["cursor"].cursor
+        loaded.append(cursor.adapters.get_loader(1184, psycopg.pq.Format.TEXT))
+        return result
+
+    with connections[alias].execute_wrapper(spy):
+        rows = list(chunked(Event.objects.using(alias).order_by("pk"), chunk_size=20))
+    assert len(rows) == ROWS
+    assert loaded and all(loader is timestamps.loader for loader in loaded)
+    # Django's own iteration keeps Django's loader: the C one is set on membound's cursors only.
+    loaded.clear()
+    with connections[alias].execute_wrapper(spy):
+        list(Event.objects.using(alias).order_by("pk"))
+    assert loaded and timestamps.loader not in loaded
+
+
 CHILD = textwrap.dedent(
     """
     import sys
@@ -122,14 +198,16 @@ CHILD = textwrap.dedent(
         editor.create_model(Group)
     bulk_create(Group, (Group(name=str(i)) for i in range(1000)), max_memory="16MB")
     assert sum(1 for _ in chunked(Group.objects.all(), max_memory="16MB")) == 1000
-    print(sorted(name for name in ("pyarrow", "pandas", "numpy") if name in sys.modules))
+    print(sorted(
+        name for name in ("pyarrow", "pandas", "numpy", "psycopg") if name in sys.modules))
     """
 )
 
 
 def test_iteration_and_writes_never_import_pyarrow(tmp_path):
     # The budget's baseline is taken without the Arrow warm-up (Budget.sizer(warm=False)):
-    # importing pyarrow for it would cost these processes ~40 MB they never use.
+    # importing pyarrow for it would cost these processes ~40 MB they never use. Nor does a
+    # SQLite process import psycopg (~10 MB) for PostgreSQL's timestamp loader.
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(Path(__file__).parent),
          str(tmp_path / "db.sqlite")],

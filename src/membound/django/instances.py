@@ -6,7 +6,8 @@ a plain model (no ``__init__`` or ``from_db`` override, no pre_init/post_init re
 field descriptor that does work on assignment) that is the same as filling the instance's
 ``__dict__``. :class:`ChunkModelIterable` does that, and applies the converters column by column
 over the whole chunk. It is used only where the result is the same object Django would build;
-any other QuerySet keeps Django's iterable (:func:`fast_iterable_for`).
+any other QuerySet keeps Django's iterable (:func:`fast_iterable_for`). On PostgreSQL its
+``timestamptz`` values load in C (:mod:`membound.django.loaders`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from django.db.models.base import ModelState
 from django.db.models.query import BaseIterable, ModelIterable
 from django.db.models.query_utils import DeferredAttribute
 from django.db.models.sql.constants import MULTI
+
+from membound.django.loaders import FastTimestamps
 
 try:  # Django >= 3.0; older versions set foreign keys through a plain DeferredAttribute
     from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
@@ -74,9 +77,18 @@ class ChunkModelIterable(BaseIterable):
         # A non-chunked read comes back as a list of blocks of BLOCK_ROWS rows, all fetched.
         # Each block is dropped as soon as its instances are built, so the raw rows and the
         # instances of the whole chunk are never in memory side by side.
-        blocks = list(
-            compiler.execute_sql(MULTI, chunked_fetch=False, chunk_size=BLOCK_ROWS) or ()
-        )
+        connection = compiler.connection
+        timestamps = FastTimestamps.for_connection(connection)
+        if timestamps is None:
+            blocks = list(
+                compiler.execute_sql(MULTI, chunked_fetch=False, chunk_size=BLOCK_ROWS) or ()
+            )
+        else:
+            with connection.execute_wrapper(timestamps):
+                blocks = list(
+                    compiler.execute_sql(MULTI, chunked_fetch=False, chunk_size=BLOCK_ROWS)
+                    or ()
+                )
         select = compiler.select
         klass_info = compiler.klass_info
         model = klass_info["model"]
@@ -84,7 +96,6 @@ class ChunkModelIterable(BaseIterable):
         start, end = select_fields[0], select_fields[-1] + 1
         names = [column[0].target.attname for column in select[start:end]]
         width = compiler.col_count
-        connection = compiler.connection
         converters = list(
             compiler.get_converters([column[0] for column in select[:width]]).items()
         )
@@ -101,6 +112,8 @@ class ChunkModelIterable(BaseIterable):
                 continue
             columns: list[Any] = list(zip(*block, strict=True))
             del block
+            if timestamps is not None:
+                timestamps.fix(columns, width)
             for position, (functions, expression) in converters:
                 values = columns[position]
                 for converter in functions:
