@@ -9,8 +9,8 @@ from __future__ import annotations
 # isort: off
 import membound  # first, as membound's docs say: it tunes pyarrow's allocator before it loads
 
-import adbc_driver_postgresql.dbapi  # noqa: F401 (see below)
-import psycopg  # noqa: F401 (see below)
+import adbc_driver_manager  # noqa: F401 (see below)
+import adbc_driver_postgresql  # noqa: F401 (see below)
 
 import pyarrow.parquet  # noqa: F401 (see below)
 from _common import ExportOptions, run_contestant

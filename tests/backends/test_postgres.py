@@ -452,19 +452,24 @@ MEMORY_BUDGET = 32_000_000
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import sys
-    import adbc_driver_postgresql.dbapi, psycopg, pyarrow  # the drivers: part of the baseline
+    import adbc_driver_manager, adbc_driver_postgresql, pyarrow  # the driver: part of the baseline
     import membound.backends.postgres
     from membound.backends.base import open_backend
     from membound.memory import peak_rss_bytes, reset_peak, rss_bytes, warm_up
 
     warm_up()
     url, table, budget = sys.argv[1], sys.argv[2], sys.argv[3]
+    copy_to = sys.argv[4] if len(sys.argv) > 4 else None
     baseline = rss_bytes()
     reset_peak()
     rows = 0
     with open_backend(url, budget=budget) as db:
-        for batch in db.batches(table):
-            rows += batch.num_rows
+        if copy_to:
+            # Read on one connection, write the same batches by COPY on the other.
+            rows = db.write(copy_to, db.batches(table), mode="replace").rows
+        else:
+            for batch in db.batches(table):
+                rows += batch.num_rows
     print(rows, peak_rss_bytes() - baseline)
     """
 )
@@ -488,9 +493,11 @@ def big_table(postgres_url):
         conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-def read_in_child(url: str, table: str, budget: str) -> tuple[int, int]:
+def read_in_child(
+    url: str, table: str, budget: str, copy_to: str | None = None
+) -> tuple[int, int]:
     out = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, url, table, budget],
+        [sys.executable, "-c", MEMORY_SCRIPT, url, table, budget, *([copy_to] if copy_to else [])],
         capture_output=True,
         text=True,
         timeout=300,
@@ -510,3 +517,20 @@ def test_the_memory_workload_would_exceed_the_budget_unbounded(postgres_url, big
     rows, peak_above_baseline = read_in_child(postgres_url, big_table, "8GB")
     assert rows == MEMORY_ROWS
     assert peak_above_baseline > 2 * MEMORY_BUDGET
+
+
+def test_copying_table_to_table_stays_inside_the_budget(postgres_url, big_table, pg):
+    """Read and write at once: the write streams every batch through one COPY."""
+    target = f"mbtest_copy_{uuid.uuid4().hex[:10]}"
+    try:
+        rows, peak_above_baseline = read_in_child(
+            postgres_url, big_table, str(MEMORY_BUDGET), copy_to=target
+        )
+        assert rows == MEMORY_ROWS
+        assert pg.execute(f"SELECT count(*) FROM {target}").fetchone()[0] == MEMORY_ROWS
+        assert peak_above_baseline <= 1.1 * MEMORY_BUDGET, peak_above_baseline
+        # Proof the bound above can fail: with a huge budget (64 MB batches) it goes far over.
+        _, unbounded_peak = read_in_child(postgres_url, big_table, "8GB", copy_to=target)
+        assert unbounded_peak > 2 * MEMORY_BUDGET, unbounded_peak
+    finally:
+        pg.execute(f"DROP TABLE IF EXISTS {target}")

@@ -12,8 +12,24 @@ its own process, peak RSS above the post-import baseline:
     write psycopg COPY (FORMAT BINARY) with write_row     11.8-14.7 s  24 MB
 
 ("slow consumer": 20 ms of sleep per batch; throwaway scripts, to move into bench/.) Through
-this backend at a 32MB budget: read 15 MB above the baseline (64 MB batches with the bound
-lifted go far over), write by ``replace`` 7.6 MB in 5.8 s.
+this backend at a 32MB budget: read 12 MB above the baseline, read and write into another table
+(``replace``) at once 19 MB (the tests' memory workload; 64 MB batches with the bound lifted go
+to 276 MB).
+
+ADBC, but not its DB-API module: ``import adbc_driver_postgresql.dbapi`` imports
+``pyarrow.dataset``, pandas and polars when installed (146 MB resident against 59 MB for ADBC's
+low-level modules and pyarrow), so the backend drives ``AdbcConnection``/``AdbcStatement``
+through :mod:`membound.backends.postgres_adbc`, binds no parameters (building them as Arrow would
+import pandas too: catalog queries take literals) and never converts Python values on the way.
+A whole export of ``events`` (2M rows) to Parquet then peaks at about 110 MB of process RSS
+instead of 190 MB, below ConnectorX's 150 MB (``bench/``, case ``postgres-export``).
+
+Writes that build a table (``fail``, ``replace``, a new table) stream every batch through one
+COPY: the client encodes the next batch while the server stores this one. One COPY per batch
+waited for the server at each batch's end: loading the 2M rows from Parquet (row groups of
+10,000 rows) took 5.7 s that way and 2.0-2.3 s as one stream, at the same memory (24-27 MB above
+the start for a 64MB budget; in-process, ``membound.copy``). ``append`` and ``upsert`` keep one
+COPY and one commit per batch, which is what lets a failure say how many rows were committed.
 
 ADBC sizes its batches in bytes itself (``adbc.postgresql.batch_size_hint_bytes``) and reads the
 COPY stream only as fast as the consumer takes batches, so it is both the fastest and the only
@@ -102,11 +118,13 @@ _PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s|%s")
 
 
 def _import_dbapi() -> Any:
+    """ADBC's PostgreSQL driver behind a DB-API-like cursor (not ADBC's own DB-API module, which
+    imports pandas and polars: see :mod:`membound.backends.postgres_adbc`)."""
     try:
-        import adbc_driver_postgresql.dbapi as dbapi
+        from membound.backends import postgres_adbc
     except ImportError:
         raise MissingDriverError("adbc-driver-postgresql", "postgres") from None
-    return dbapi
+    return postgres_adbc
 
 
 # -- identifiers and SQL text ----------------------------------------------------------------------
@@ -181,6 +199,18 @@ def render_params(query: str, params: Sequence[Any] | dict[str, Any]) -> str:
 
 
 _SENTINEL = object()
+
+
+def text_literal(value: str) -> str:
+    """``value`` as a PostgreSQL string literal, right whatever ``standard_conforming_strings``.
+
+    For membound's own catalog queries: binding a parameter would build an Arrow array from a
+    Python value, and pyarrow's first such conversion imports pandas (~50 MB, see
+    :func:`membound.memory.warm_up`), which a table copy otherwise never needs.
+    """
+    if "\0" in value:
+        raise ConfigurationError(f"{value[:60]!r} holds a NUL character, which PostgreSQL refuses")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 # -- reading: PostgreSQL (as ADBC describes it) -> membound's Arrow types -------------------------
@@ -310,7 +340,7 @@ def uuid_to_string(array: pa.Array) -> pa.Array:
     storage = array.storage if isinstance(array, pa.ExtensionArray) else array
     count = len(storage)
     if count == 0:
-        return pa.array([], pa.string())
+        return pa.nulls(0, pa.string())
     try:
         import numpy as np
     except ImportError:
@@ -329,8 +359,13 @@ def uuid_to_string(array: pa.Array) -> pa.Array:
     data = pa.py_buffer(out.tobytes())
     strings = pa.Array.from_buffers(pa.string(), count, [None, offsets, data])
     if storage.null_count:
-        strings = pc.if_else(pc.is_valid(storage), strings, pa.scalar(None, pa.string()))
+        strings = pc.if_else(pc.is_valid(storage), strings, _null_scalar(pa.string()))
     return strings
+
+
+def _null_scalar(arrow_type: pa.DataType) -> pa.Scalar:
+    # Not pa.scalar(None, ...): converting a Python value makes pyarrow import pandas.
+    return pa.nulls(1, arrow_type)[0]
 
 
 def string_to_uuid(array: pa.Array, column: str) -> pa.Array:
@@ -358,7 +393,7 @@ def string_to_uuid(array: pa.Array, column: str) -> pa.Array:
                 f"column {column!r} holds {bad[:60]!r}, which is not a UUID"
             ) from None
     if text.null_count:
-        storage = pc.if_else(pc.is_valid(text), storage, pa.scalar(None, pa.binary(16)))
+        storage = pc.if_else(pc.is_valid(text), storage, _null_scalar(pa.binary(16)))
     return pa.ExtensionArray.from_storage(pa.uuid(), storage)
 
 
@@ -701,7 +736,10 @@ class PostgresBackend(Backend):
 
         An empty result yields one empty batch, so the consumer still learns the schema.
         """
-        sizer = self._budget(budget).sizer()
+        # Batches arrive as Arrow from the driver: no Python values are converted (only the
+        # rare rounding of numeric values with more than 10 decimals does), so pandas, which
+        # pyarrow imports on its first conversion, is not loaded for the baseline.
+        sizer = self._budget(budget).sizer(conversion=False)
         sql = self._select(query_or_table, params)
         what = query_or_table or self.default_table or ""
         with self._connection() as conn:
@@ -769,8 +807,8 @@ class PostgresBackend(Backend):
             cursor = conn.cursor()
             try:
                 cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass($1)",
-                    (qualified(*split_table_name(target)),),
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
+                    f"{text_literal(qualified(*split_table_name(target)))})"
                 )
                 row = cursor.fetchone()
             finally:
@@ -791,7 +829,7 @@ class PostgresBackend(Backend):
     # writing
 
     def _table_columns(self, cursor: Any, table: str) -> list[_TargetColumn] | None:
-        cursor.execute("SELECT to_regclass($1)::oid", (table,))
+        cursor.execute(f"SELECT to_regclass({text_literal(table)})::oid")
         row = cursor.fetchone()
         if not row or row[0] is None:
             return None
@@ -799,8 +837,8 @@ class PostgresBackend(Backend):
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod, "
             "e.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
             "LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' "
-            "WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (row[0],),
+            f"WHERE a.attrelid = {int(row[0])} AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum"
         )
         return [
             _TargetColumn(name, sql_type, _ingest_type(typname, typmod, elem))
@@ -818,11 +856,11 @@ class PostgresBackend(Backend):
     ) -> WriteResult:
         """Write batches by binary COPY. See :meth:`Backend.write` for the modes.
 
-        ``fail`` and ``replace`` build the table in one transaction (``replace`` in a table
-        beside it, swapped in by drop + rename before the commit), so a failure leaves the target
-        as it was. ``append`` and ``upsert`` commit each batch; a failure after some commits
-        raises :class:`PartialWriteError` with ``rows_committed`` (and ``resume_after`` when a
-        key is known). Upsert merges each batch through a temporary table with
+        ``fail`` and ``replace`` build the table in one transaction and one COPY (``replace``
+        in a table beside it, swapped in by drop + rename before the commit), so a failure leaves
+        the target as it was. ``append`` and ``upsert`` commit each batch; a failure after some
+        commits raises :class:`PartialWriteError` with ``rows_committed`` (and ``resume_after``
+        when a key is known). Upsert merges each batch through a temporary table with
         ``INSERT ... ON CONFLICT (key) DO UPDATE``; the key needs a unique constraint, which a
         table created here gets (its primary key).
         """
@@ -834,7 +872,7 @@ class PostgresBackend(Backend):
             )
         schema_name, table_name = split_table_name(name)
         target = qualified(schema_name, table_name)
-        sizer = self._budget(budget).sizer()
+        sizer = self._budget(budget).sizer(conversion=False)  # Arrow in, COPY out
         stream = rebatch(iter(batches), sizer)
         result = WriteResult(table=name, mode=mode)
         first = next(stream, None)
@@ -917,9 +955,9 @@ class PostgresBackend(Backend):
         ingest = {f.name: _create_ingest_type(f) for f in fields}
         try:
             cursor.execute(f"CREATE TABLE {build} ({columns_sql})")
-            for batch in batches:
-                self._ingest(cursor, schema_name, build_name, batch, ingest)
-                result.add(batch)
+            # One COPY for all batches (it all commits at once anyway): the client encodes the
+            # next batch while the server stores this one; see the module docstring.
+            self._ingest_stream(cursor, schema_name, build_name, batches, ingest, result)
             if keys:
                 cursor.execute(
                     f"ALTER TABLE {build} ADD PRIMARY KEY ({', '.join(map(quote_ident, keys))})"
@@ -1048,18 +1086,73 @@ class PostgresBackend(Backend):
             "ON COMMIT DELETE ROWS"
         )
 
+    def _ingest_stream(self, cursor, schema_name, table_name, batches, ingest, result) -> None:
+        """Append all ``batches`` by one binary COPY, each cast as ADBC pulls it.
+
+        An exception raised while making a batch (a value that does not fit, the source
+        failing) reaches ADBC as a failed stream; it is raised here as it was, not as ADBC's
+        error about the stream.
+        """
+        failure: list[BaseException] = []
+        schema: pa.Schema | None = None
+
+        def cast_batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in batches:
+                    data = _cast_batch(batch, ingest, schema)
+                    result.add(batch)
+                    del batch
+                    yield data
+                    del data
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        pulled = cast_batches()
+        first = next(pulled, None)
+        if first is None:
+            return
+        schema = first.schema
+        reader = pa.RecordBatchReader.from_batches(schema, prepend(first, pulled))
+        del first
+        kwargs: dict[str, Any] = {"mode": "append"}
+        if schema_name:
+            kwargs["db_schema_name"] = schema_name
+        try:
+            cursor.adbc_ingest(table_name, reader, **kwargs)
+        except BaseException:
+            if failure:
+                raise failure[0] from None
+            raise
+        finally:
+            pulled.close()
+
     def _ingest(self, cursor, schema_name, table_name, batch, ingest, *, temporary=False) -> None:
-        arrays = [
-            cast_column(batch.column(i), field.name, ingest[field.name])
-            for i, field in enumerate(batch.schema)
-        ]
-        data = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+        data = _cast_batch(batch, ingest)
         kwargs: dict[str, Any] = {"mode": "append"}
         if temporary:
             kwargs["temporary"] = True
         elif schema_name:
             kwargs["db_schema_name"] = schema_name
         cursor.adbc_ingest(table_name, data, **kwargs)
+
+
+def _cast_batch(
+    batch: pa.RecordBatch, ingest: dict[str, pa.DataType], schema: pa.Schema | None = None
+) -> pa.RecordBatch:
+    """``batch`` with each column cast to the type its target column takes (``ingest``), in
+    ``schema`` (the first batch's, so that a stream keeps one schema) when given."""
+    if schema is not None and batch.schema.names != schema.names:
+        raise SchemaError(
+            f"batch columns {batch.schema.names} differ from the first batch's {schema.names}"
+        )
+    arrays = [
+        cast_column(batch.column(i), field.name, ingest[field.name])
+        for i, field in enumerate(batch.schema)
+    ]
+    if schema is not None:
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 def _create_ingest_type(field: pa.Field) -> pa.DataType:
@@ -1150,7 +1243,7 @@ def _empty_batch(batches: Any) -> pa.RecordBatch | None:
 
 def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
     """A batch of no rows that carries ``schema``."""
-    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
 
 
 def _first_line(exc: Exception) -> str:
