@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -77,19 +76,11 @@ def pg(postgres_url):
 
 
 @pytest.fixture
-def my(mysql_url):
-    parts = urlsplit(mysql_url)
-    conn = pymysql.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        database=parts.path.lstrip("/"),
-        charset="utf8mb4",
-        autocommit=True,
-    )
-    yield conn
-    conn.close()
+def my(mysql_plain, mysql_url):
+    """The PyMySQL connection itself (conftest's plain helper, autocommit)."""
+    helper = mysql_plain(mysql_url)
+    yield helper.conn
+    helper.close()
 
 
 @pytest.fixture
