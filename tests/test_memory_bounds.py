@@ -73,14 +73,15 @@ def test_million_rows_sqlite_to_sqlite_within_budget(events_db, tmp_path, copy_i
         events_db, "events", columns)
 
 
-def test_twenty_megabyte_values_within_budget(tmp_path, copy_in_child):
+def docs_db(tmp_path, largest: int) -> str:
+    """60,000 rows of ~100 bytes, every 6,000th with a ``largest``-byte body, in docs.db."""
     source = str(tmp_path / "docs.db")
     conn = sqlite3.connect(source)
     conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, title TEXT, body BLOB)")
     rows = []
     for i in range(60_000):
         if i % 6_000 == 3_000:
-            body = hashlib.sha256(str(i).encode()).digest() * (20_000_000 // 32)
+            body = hashlib.sha256(str(i).encode()).digest() * (largest // 32)
         else:
             body = hashlib.md5(str(i).encode()).digest() * 4
         rows.append((i, f"document {i:08d} " + "x" * 40, body))
@@ -89,6 +90,11 @@ def test_twenty_megabyte_values_within_budget(tmp_path, copy_in_child):
             rows.clear()
     conn.commit()
     conn.close()
+    return source
+
+
+def test_twenty_megabyte_values_within_budget(tmp_path, copy_in_child):
+    source = docs_db(tmp_path, 20_000_000)
     target = str(tmp_path / "copy.db")
     result = copy_in_child(f"sqlite:///{source}?table=docs", f"sqlite:///{target}", BUDGET)
     assert result["rows"] == 60_000
@@ -111,21 +117,7 @@ ALLOWED_PARQUET_LARGE = ALLOWED + LARGEST_VALUE
 
 
 def test_twenty_megabyte_values_into_parquet(tmp_path, copy_in_child):
-    source = str(tmp_path / "docs.db")
-    conn = sqlite3.connect(source)
-    conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, title TEXT, body BLOB)")
-    rows = []
-    for i in range(60_000):
-        if i % 6_000 == 3_000:
-            body = hashlib.sha256(str(i).encode()).digest() * (LARGEST_VALUE // 32)
-        else:
-            body = hashlib.md5(str(i).encode()).digest() * 4
-        rows.append((i, f"document {i:08d} " + "x" * 40, body))
-        if len(rows) == 1000:
-            conn.executemany("INSERT INTO docs VALUES (?, ?, ?)", rows)
-            rows.clear()
-    conn.commit()
-    conn.close()
+    source = docs_db(tmp_path, LARGEST_VALUE)
     target = str(tmp_path / "docs.parquet")
     result = copy_in_child(f"sqlite:///{source}?table=docs", target, BUDGET)
     assert result["rows"] == 60_000

@@ -28,6 +28,19 @@ _POLL_S = 0.05
 _ITEM, _ERROR, _END = 0, 1, 2
 
 
+def _offer(q: queue.Queue[tuple[int, object]], stop: threading.Event, kind: int,
+           value: object) -> bool:
+    """Put ``(kind, value)`` on a bounded queue, waiting for room unless ``stop`` is set;
+    False when it was set (the consumer has gone)."""
+    while not stop.is_set():
+        try:
+            q.put((kind, value), timeout=_POLL_S)
+        except queue.Full:
+            continue
+        return True
+    return False
+
+
 def prefetch(
     items: Iterable[T],
     depth: int = PREFETCH_DEPTH,
@@ -63,13 +76,7 @@ class _Prefetch(Generic[T]):
                                        daemon=True)
 
     def _put(self, kind: int, value: object) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put((kind, value), timeout=_POLL_S)
-            except queue.Full:
-                continue
-            return True
-        return False
+        return _offer(self.queue, self.stop, kind, value)
 
     def _produce(self) -> None:
         iterator = iter(self.items)
@@ -155,13 +162,7 @@ def ordered_parallel(
     ]
 
     def put(q: queue.Queue[tuple[int, object]], kind: int, value: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put((kind, value), timeout=_POLL_S)
-            except queue.Full:
-                continue
-            return True
-        return False
+        return _offer(q, stop, kind, value)
 
     def work(index: int) -> None:
         q = queues[index]
