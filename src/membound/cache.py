@@ -423,6 +423,15 @@ class Cache:
                     if value is not _NOTHING:
                         self._count(hits=1)
                         return value
+                if token is not None:
+                    # The lock may have come free because its holder just stored the value
+                    # (between our last read and acquire_lock): read once more under the lock,
+                    # or that value is computed twice.
+                    now_state, now_value = self._read(key)
+                    if now_state is _FRESH:
+                        self.store.release_lock(key, token)
+                        self._count(hits=1)
+                        return now_value
                 try:
                     versions = self.store.tag_versions(tags) if tags else None
                     self._count(misses=1)
