@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -413,3 +415,18 @@ def test_leveldb_writes_leave_no_log_to_replay(tmp_path, mode):
     assert logs and all(size == 0 for size in logs.values()), logs
     with open_backend(url) as db:
         assert sum(b.num_rows for b in db.batches(None)) == len(keys) + (mode == "append")
+
+
+def test_an_export_does_not_make_pyarrow_import_pandas(store, tmp_path):
+    """Key and value columns are built from joined bytes, so pandas (~50 MB) is never imported;
+    a value codec's decoded values still are converted (and the copy says so)."""
+    target = tmp_path / "out.parquet"
+    code = ("import sys, membound; membound.copy(sys.argv[1], sys.argv[2]); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, store, str(target)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    table = pq.read_table(target)
+    assert table.schema.field("key").type == pa.binary()
+    assert list(zip(table.column("key").to_pylist(), table.column("value").to_pylist())) == \
+        sorted(PAIRS)

@@ -231,6 +231,13 @@ class OrderedKVBackend(Backend):
 
     converts_python_values = True  # keys and values arrive as Python bytes
 
+    @classmethod
+    def converts_python_values_for(cls, url: Any, *, reading: bool) -> bool:
+        """Keys and values become Arrow columns from their joined bytes (``KVFormat.to_batch``)
+        and writes take batches apart with ``to_pylist``: only a value codec's decoded values
+        are converted from Python objects."""
+        return reading and bool(dict(url.options).get("value_codec"))
+
     #: The store's name in messages ("LMDB").
     label: ClassVar[str] = "store"
     #: URL options this store reads besides the shared ones.
@@ -427,8 +434,9 @@ class OrderedKVBackend(Backend):
         # One loop over the store's read views, with no call per pair: at a million pairs, each
         # generator or method between the store and the batch costs a second.
         store = self._reader()
-        sizer = budget.sizer()
         fmt = self.format
+        # Columns come from joined bytes (KVFormat.to_batch); only a codec's values convert.
+        sizer = budget.sizer(conversion=fmt.value_codec is not None)
         target = budget.batch_bytes
         view_bytes = share_of(budget, READ_VIEW_SHARE, MIN_READ_VIEW_BYTES, 1 << 62)
         where = f"reading {self.label} {self.path!r}"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from membound.backends.kv import PAIR_OVERHEAD, KVFormat, PairBatcher, _utf8
+from membound.backends.kv import PAIR_OVERHEAD, PairBatcher, _utf8, binary_array
 from membound.backends.redis_resp import (
     RespReader,
     bulk_list_size,
@@ -174,7 +174,7 @@ class StringReader(_KeyReader):
     def batches(self, budget: Budget) -> Iterator[pa.RecordBatch]:
         """Byte-sized batches of every string key ``match=`` selects."""
         backend = self.backend
-        batcher = ArrowPairBatcher(backend.fmt, budget)
+        batcher = PairBatcher(backend.fmt, budget)
         round_bytes = max(1, batcher.target // ROUND_SHARE)
         self.whole_limit = max(1, batcher.target // WHOLE_REPLY_SHARE)
         single = self._single_key(SHAPES["strings"])
@@ -407,49 +407,6 @@ class StringReader(_KeyReader):
         if fmt.keys == "text":
             keys = _utf8(keys, "key")
         return pa.RecordBatch.from_arrays([keys, values], names=[fmt.key_column, fmt.value_column])
-
-
-class ArrowPairBatcher(PairBatcher):
-    """A :class:`PairBatcher` whose batches are built from joined bytes and offsets.
-
-    Binary and text columns are made straight from their bytes (one join and an offsets array
-    per column, in C), not converted from a list of Python objects: faster, and pyarrow does
-    not import pandas (about 50 MB) for it. A value codec still decodes value by value.
-    """
-
-    def flush(self) -> pa.RecordBatch | None:
-        if not self.keys:
-            return None
-        keys, values = self.keys, self.values
-        self.keys, self.values, self.nbytes = [], [], 0
-        return pairs_batch(self.fmt, keys, values)
-
-
-def pairs_batch(fmt: KVFormat, keys: list[bytes], values: list[bytes]) -> pa.RecordBatch:
-    """A ``(key, value)`` batch of the format's types from keys and (non-NULL) values."""
-    if fmt.value_codec is not None:
-        return fmt.to_batch(keys, values)
-    key_array = binary_array(keys)
-    if fmt.keys == "text":
-        key_array = _utf8(key_array, "key")
-    value_array = binary_array(values)
-    if fmt.values == "text":
-        value_array = _utf8(value_array, "value")
-    return pa.RecordBatch.from_arrays(
-        [key_array, value_array], names=[fmt.key_column, fmt.value_column]
-    )
-
-
-def binary_array(items: list[bytes]) -> pa.Array:
-    """A binary array of byte strings, from their concatenation and their 32-bit offsets.
-
-    A batch is far under 2 GiB (batches are at most 64 MB and a larger value comes alone,
-    see :meth:`StringReader._alone`), which 32-bit offsets require.
-    """
-    offsets = array("i", accumulate(map(len, items), initial=0))
-    return pa.Array.from_buffers(
-        pa.binary(), len(items), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(items))]
-    )
 
 
 class CollectionReader(_KeyReader):
