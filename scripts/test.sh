@@ -15,7 +15,8 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 # C libraries from Debian's packages, installed here when missing and we are root: LevelDB's
-# (plyvel links against it) and MariaDB's client library (mysqlclient, the fast MySQL read path).
+# (plyvel links against it) and MariaDB's client library (mariadb and mysqlclient, the fast MySQL
+# read paths).
 apt_packages=""
 ldconfig -p | grep -q libleveldb || apt_packages="$apt_packages libleveldb-dev"
 { [ -f /usr/include/mariadb/mysql.h ] && command -v pkg-config >/dev/null; } || \
@@ -26,9 +27,10 @@ if [ -n "$apt_packages" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test,all]'
-# mysqlclient needs a C compiler and libmariadb-dev; without them the PyMySQL path is tested alone.
+# mariadb and mysqlclient need a C compiler and libmariadb-dev; without them the PyMySQL path is
+# tested alone.
 .venv/bin/python -m pip install --quiet -e '.[mysql-fast]' || \
-  echo "mysqlclient did not build: MariaDB reads are tested through PyMySQL only" >&2
+  echo "mariadb/mysqlclient did not build: MariaDB reads are tested through PyMySQL only" >&2
 
 # Start the local servers the machine ships with if they stopped (no-ops when running or absent).
 if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then

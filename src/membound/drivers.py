@@ -795,7 +795,11 @@ def _open_url(url: ParsedURL) -> Session:
                 "check that the server runs and the user, password and database are right"
             ) from None
         return PostgresSession(conn, owned=True, url=url, display=url.display)
-    if url.scheme in ("mysql", "mariadb", "mysql+pymysql", "mariadb+pymysql"):
+    if url.scheme.partition("+")[::2] in {
+        (dialect, driver)
+        for dialect in ("mysql", "mariadb")
+        for driver in ("", "pymysql", "mariadbconnector", "mysqlclient")
+    }:
         try:
             import pymysql
         except ImportError:

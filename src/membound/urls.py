@@ -36,6 +36,12 @@ _SCHEMES: dict[str, str] = {
     "mariadb": "membound.backends.mysql:MySQLBackend",
     "mysql+pymysql": "membound.backends.mysql:MySQLBackend",
     "mariadb+pymysql": "membound.backends.mysql:MySQLBackend",
+    # The read driver chosen by the URL (SQLAlchemy's name for MariaDB Connector/Python, the
+    # package name for mysqlclient: mysql+mysqldb:// stays SQLAlchemy's, see the MySQL guide).
+    "mysql+mariadbconnector": "membound.backends.mysql:MySQLBackend",
+    "mariadb+mariadbconnector": "membound.backends.mysql:MySQLBackend",
+    "mysql+mysqlclient": "membound.backends.mysql:MySQLBackend",
+    "mariadb+mysqlclient": "membound.backends.mysql:MySQLBackend",
     "duckdb": "membound.backends.duckdb:DuckDBBackend",
     "redis": "membound.backends.redis:RedisBackend",
     "rediss": "membound.backends.redis:RedisBackend",

@@ -407,7 +407,10 @@ def my_leftovers(my) -> set[str]:
 
 
 def my_threads(db) -> list[int]:
-    return [conn.thread_id() for conn in db._open]
+    # thread_id is a method of PyMySQL's and mysqlclient's connections, an attribute of
+    # MariaDB Connector/Python's.
+    ids = (conn.thread_id for conn in db._open)
+    return [found() if callable(found) else found for found in ids]
 
 
 def my_alive(my, ids: list[int]) -> list[tuple]:

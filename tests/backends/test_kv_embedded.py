@@ -428,5 +428,5 @@ def test_an_export_does_not_make_pyarrow_import_pandas(store, tmp_path):
     assert out.stdout.strip() == "False"
     table = pq.read_table(target)
     assert table.schema.field("key").type == pa.binary()
-    assert list(zip(table.column("key").to_pylist(), table.column("value").to_pylist())) == \
-        sorted(PAIRS)
+    pairs = zip(table.column("key").to_pylist(), table.column("value").to_pylist(), strict=True)
+    assert list(pairs) == sorted(PAIRS)

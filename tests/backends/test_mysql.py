@@ -17,6 +17,7 @@ import pytest
 
 from membound.backends.base import open_backend
 from membound.errors import (
+    ConfigurationError,
     NotFoundError,
     PartialWriteError,
     QueryError,
@@ -31,28 +32,45 @@ pymysql = pytest.importorskip("pymysql")
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture(params=["mysqlclient", "pymysql"])
+@pytest.fixture(params=["mariadbconnector", "mysqlclient", "pymysql"])
 def read_url(request, mysql_url) -> str:
-    """The server's URL for each read path: mysqlclient (when installed) and PyMySQL."""
+    """The server's URL for each read path: the binary protocol through MariaDB
+    Connector/Python and the text protocol through mysqlclient (each when installed), and
+    PyMySQL."""
+    if request.param == "mariadbconnector":
+        pytest.importorskip("mariadb", reason="mariadb not installed: no binary-protocol reads")
     if request.param == "mysqlclient":
-        pytest.importorskip("MySQLdb", reason="mysqlclient not installed: PyMySQL reads only")
-        return mysql_url
-    return "mysql+pymysql://" + mysql_url.split("://", 1)[1]
+        pytest.importorskip("MySQLdb", reason="mysqlclient not installed: no mysqlclient reads")
+    return f"mysql+{request.param}://" + mysql_url.split("://", 1)[1]
+
+
+def thread_id(conn) -> int:
+    """A connection's id on the server (a method of PyMySQL's and mysqlclient's connections, an
+    attribute of MariaDB Connector/Python's)."""
+    found = conn.thread_id
+    return found() if callable(found) else found
 
 
 def thread_ids(db) -> list[int]:
-    return [conn.thread_id() for conn in db._open]
+    return [thread_id(conn) for conn in db._open]
 
 
-def busy(my, ids: list[int]) -> list[tuple]:
-    """Connections among ``ids`` that are running something (not sleeping)."""
+def busy(my, ids: list[int], settle_s: float = 1.0) -> list[tuple]:
+    """Connections among ``ids`` that are running something (not sleeping), still after
+    ``settle_s``: on a loaded machine the server may list a statement whose answer the client
+    already has (a ROLLBACK) for a moment longer."""
     if not ids:
         return []
     marks = ",".join(map(str, ids))
-    return my.execute(
-        f"SELECT ID, COMMAND, INFO FROM information_schema.PROCESSLIST "
-        f"WHERE ID IN ({marks}) AND COMMAND <> 'Sleep'"
-    )
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = my.execute(
+            f"SELECT ID, COMMAND, INFO FROM information_schema.PROCESSLIST "
+            f"WHERE ID IN ({marks}) AND COMMAND <> 'Sleep'"
+        )
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def alive(my, ids: list[int], wind_down_s: float = 5.0) -> list[tuple]:
@@ -190,6 +208,28 @@ def test_params_and_injection(read_url, my, my_tables):
         assert list(db.rows(f"SELECT id FROM {name} WHERE t = %s", ["x' OR '1'='1"])) == []
         query = f"SELECT id FROM {name} WHERE id > %(low)s ORDER BY id"
         assert list(db.rows(query, {"low": 1})) == [(2,), (3,)]
+        # PyMySQL's style throughout: %% for a literal % once there are parameters, none
+        # without; a sequence fills an IN list.
+        query = f"SELECT id, '%%' AS p FROM {name} WHERE t LIKE 'it%%' AND id IN %s"
+        assert list(db.rows(query, [(1, 2)])) == [(1, "%")]
+        assert list(db.rows(f"SELECT id FROM {name} WHERE t LIKE 'it%'")) == [(1,)]
+
+
+def test_qmark_translates_membounds_parameter_style():
+    from membound.backends.mysql_binary import qmark
+
+    assert qmark("SELECT '%' , ?", None) == ("SELECT '%' , ?", ())
+    assert qmark("SELECT %s, '%%', %s", [1, "a"]) == ("SELECT ?, '%', ?", (1, "a"))
+    with pytest.raises(ConfigurationError, match="placeholders"):
+        qmark("x = %s AND y = %s", [1])
+    with pytest.raises(ConfigurationError, match="no parameter named 'z'"):
+        qmark("x = %(z)s", {"y": 1})
+    assert qmark("x IN %s AND y = %s", [[1, 2, 3], None]) == (
+        "x IN (?, ?, ?) AND y = ?",
+        (1, 2, 3, None),
+    )
+    named = qmark("y = %(y)s OR z = %(y)s", {"y": b"\x00"})
+    assert named == ("y = ? OR z = ?", (b"\x00", b"\x00"))
 
 
 def test_empty_result_yields_one_empty_batch_with_schema(read_url, my, my_tables):
@@ -223,6 +263,186 @@ def test_text_with_a_binary_collation_reads_as_text(read_url, my, my_tables):
         "c": ASTRAL,
         "d": "abc",
     }
+
+
+MORE_TYPES_DDL = """
+    id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, su SMALLINT UNSIGNED, mi MEDIUMINT,
+    mu MEDIUMINT UNSIGNED, iu INT UNSIGNED, f4 FLOAT, big DECIMAL(65,30), small DECIMAL(5,2),
+    y YEAR, bits BIT(5), d DATE, dt0 DATETIME, ts TIMESTAMP(3) NULL, tm TIME, vb VARBINARY(8),
+    tb TINYBLOB, ch CHAR(2) COLLATE utf8mb4_bin, st SET('a','b'), bt BOOLEAN
+"""
+
+
+def fill_more_types(my, name: str) -> None:
+    my.execute(f"CREATE TABLE {name} ({MORE_TYPES_DDL}) DEFAULT CHARSET=utf8mb4")
+    my.execute(
+        f"INSERT INTO {name} VALUES (1, -128, 255, 65535, -8388608, 16777215, 4294967295, "
+        "1.5, '-12345678901234567890123456789012345.012345678901234567890123456789', "
+        "-999.99, 2155, b'10110', '1000-01-01', '9999-12-31 23:59:59', "
+        "'2038-01-19 03:14:07.999', '23:59:59', x'00ff', x'', 'é', 'a,b', 2), "
+        "(2, 127, 0, 0, 8388607, 0, 0, -0.0, 0, 0, 1901, b'0', '2024-02-29', "
+        "'1970-01-01 00:00:00', '1970-01-01 00:00:01', '00:00:00', '', NULL, '', '', 0)"
+    )
+    my.execute(f"INSERT INTO {name} (id) VALUES (3)")
+
+
+def read_table_and_query(url: str, name: str) -> tuple:
+    """Schema and rows of ``name`` read as a table and as queries (one with dates, one with
+    expressions), through ``url``."""
+    with open_backend(url) as db:
+        table = pa.Table.from_batches(list(db.batches(name))).sort_by("id")
+        query = pa.Table.from_batches(list(db.batches(f"SELECT * FROM {name} ORDER BY id")))
+        expressions = pa.Table.from_batches(
+            list(
+                db.batches(
+                    "SELECT NULL AS n, CAST(1 AS UNSIGNED) AS u, 2.5 AS dec_literal, "
+                    "b'101' AS bits_literal, 'x' COLLATE utf8mb4_bin AS text_bin, "
+                    "CAST('12:00:00' AS TIME) AS time_of_day"
+                )
+            )
+        )
+    return table, query, expressions
+
+
+def test_every_read_path_reads_every_type_the_same(read_url, mysql_url, my, my_tables):
+    """The binary protocol (numbers and dates as binary, read through numpy) and both text
+    protocol drivers give the same schema and values, as tables and as queries."""
+    name = my_tables()
+    fill_more_types(my, name)
+    reference = read_table_and_query("mysql+pymysql://" + mysql_url.split("://", 1)[1], name)
+    found = read_table_and_query(read_url, name)
+    for got, expected in zip(found, reference, strict=True):
+        assert got.schema == expected.schema
+        assert got.to_pylist() == expected.to_pylist()
+    table = found[0]
+    assert table.schema.field("bits").type == pa.int64()
+    assert table.schema.field("y").type == pa.int16()
+    assert table.schema.field("big").type == pa.decimal256(65, 30)
+    assert table.schema.field("tm").type == pa.time64("us")
+    assert table.schema.field("ch").type == pa.string()
+    assert table.column("bits").to_pylist() == [22, 0, None]
+    assert table.column("bt").to_pylist() == [True, False, None]
+    assert table.column("dt0").to_pylist()[0] == dt.datetime(9999, 12, 31, 23, 59, 59)
+
+
+def test_zero_dates_read_as_null(read_url, my, my_tables):
+    name = my_tables()
+    my.execute(f"CREATE TABLE {name} (id INT, d DATE, t DATETIME(6), s TIMESTAMP NULL)")
+    my.execute("SET SESSION sql_mode = ''")
+    try:
+        my.execute(
+            f"INSERT INTO {name} VALUES (1, '0000-00-00', '0000-00-00 00:00:00', 0), "
+            "(2, '2024-01-02', '2024-01-02 03:04:05.5', '2024-01-02 03:04:05')"
+        )
+    finally:
+        my.execute("SET SESSION sql_mode = DEFAULT")
+    expected = [
+        {"id": 1, "d": None, "t": None, "s": None},
+        {
+            "id": 2,
+            "d": dt.date(2024, 1, 2),
+            "t": dt.datetime(2024, 1, 2, 3, 4, 5, 500000),
+            "s": dt.datetime(2024, 1, 2, 3, 4, 5),
+        },
+    ]
+    with open_backend(read_url) as db:
+        assert sorted(read_all(db, name), key=lambda r: r["id"]) == expected
+        assert read_all(db, f"SELECT * FROM {name} ORDER BY id") == expected
+
+
+def test_binary_table_reads_give_dates_no_calendar_has_as_null(mysql_url, my, my_tables):
+    """Where the text protocol raises SchemaError (and DATEDIFF alone would roll 02-30 over)."""
+    pytest.importorskip("mariadb", reason="mariadb not installed: no binary-protocol reads")
+    name = my_tables()
+    my.execute(f"CREATE TABLE {name} (id INT, d DATE, t DATETIME(6))")
+    my.execute("SET SESSION sql_mode = 'ALLOW_INVALID_DATES'")
+    try:
+        my.execute(
+            f"INSERT INTO {name} VALUES (1, '2024-02-30', '2024-02-30 01:00:00'), "
+            "(2, '2024-00-10', '2024-03-00 00:00:00'), (3, '2024-02-29', '2024-02-29 12:00:00.5')"
+        )
+    finally:
+        my.execute("SET SESSION sql_mode = DEFAULT")
+    with open_backend("mysql+mariadbconnector://" + mysql_url.split("://", 1)[1]) as db:
+        rows = sorted(read_all(db, name), key=lambda r: r["id"])
+    assert [(r["d"], r["t"]) for r in rows] == [
+        (None, None),
+        (None, None),
+        (dt.date(2024, 2, 29), dt.datetime(2024, 2, 29, 12, 0, 0, 500000)),
+    ]
+
+
+def test_time_outside_a_day_is_a_schema_error(read_url, my, my_tables):
+    name = my_tables()
+    my.execute(f"CREATE TABLE {name} (id INT, tm TIME)")
+    my.execute(f"INSERT INTO {name} VALUES (1, '12:00:00'), (2, '-01:00:00')")
+    with open_backend(read_url) as db, pytest.raises(SchemaError, match="'tm'.*time of day"):
+        list(db.batches(name))
+
+
+def test_an_error_the_result_ends_with_fails_the_read(read_url, my, my_tables):
+    """The server reports some errors only after sending rows (or the metadata): MariaDB
+    Connector/Python returns such a result as complete, with a phantom last row."""
+    name = my_tables()
+    fill_numbers(my, name, 1000)
+    with open_backend(read_url) as db:
+        for low in (5, 0):  # the error after 5 rows, and before the first one
+            query = (
+                f"SELECT id, (SELECT id FROM {name} WHERE id < 3 AND x.id > {low}) AS s "
+                f"FROM {name} AS x"
+            )
+            with pytest.raises(SourceError, match="more than 1 row"):
+                list(db.batches(query))
+        assert list(db.rows(f"SELECT COUNT(*) FROM {name}")) == [(1000,)]
+        ids = thread_ids(db)
+    assert alive(my, ids) == []
+
+
+def test_a_query_killed_mid_read_fails_the_read(read_url, my, my_tables):
+    name = my_tables()
+    fill_numbers(my, name, 300000)
+    with open_backend(read_url, budget="4MB") as db:
+        stream = db.batches(name)
+        rows = next(stream).num_rows
+        for thread in thread_ids(db):
+            my.execute(f"KILL QUERY {thread}")
+        with pytest.raises(SourceError, match="interrupted"):
+            for batch in stream:
+                rows += batch.num_rows
+        assert rows < 300000
+        ids = thread_ids(db)
+    assert alive(my, ids) == []
+
+
+PANDAS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from membound.backends.base import open_backend
+
+    url, table = sys.argv[1], sys.argv[2]
+    with open_backend(url) as db:
+        rows = sum(b.num_rows for b in db.batches(table))
+        query = f"SELECT id, tm, bits, big, f4, bt, vb FROM {table} WHERE id > %s"
+        rows += sum(b.num_rows for b in db.batches(query, [0]))
+    print(rows, "pandas" in sys.modules)
+    """
+)
+
+
+def test_binary_reads_do_not_import_pandas(mysql_url, my, my_tables):
+    """Every type, TIME and BIT included, without pa.array (which imports pandas, ~50 MB)."""
+    pytest.importorskip("mariadb", reason="mariadb not installed: no binary-protocol reads")
+    name = my_tables()
+    fill_more_types(my, name)
+    url = "mysql+mariadbconnector://" + mysql_url.split("://", 1)[1]
+    out = subprocess.run(
+        [sys.executable, "-c", PANDAS_SCRIPT, url, name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert out == ["6", "False"]
 
 
 def fill_numbers(my, name: str, count: int) -> None:
@@ -498,7 +718,11 @@ MEMORY_SCRIPT = textwrap.dedent(
     import sys
     import pymysql, pyarrow
     try:
-        import MySQLdb  # the read path when installed: part of the baseline
+        import MySQLdb  # the read paths when installed: part of the baseline
+    except ImportError:
+        pass
+    try:
+        import mariadb
     except ImportError:
         pass
     import membound.backends.mysql
@@ -624,3 +848,47 @@ def test_text_values_as_bytes_are_checked_for_utf8():
         _to_array([None, b"ok", b"\xff"], text)
     number = _Column("n", pa.int64(), pa.string())
     assert _to_array([b"12", None, b"-3"], number).to_pylist() == [12, None, -3]
+
+
+def test_binary_protocol_values_become_arrow_arrays():
+    """The binary path's converters (mysql_binary), on the Python values the connector gives."""
+    from membound.backends.mysql import POOL, _Column, _to_array
+    from membound.backends.mysql_binary import epoch_converter, values_converter
+
+    def read(values, arrow_type, type_code=0):
+        convert = values_converter(arrow_type, type_code, "c", POOL)
+        return _to_array(tuple(values), _Column("c", arrow_type, None, convert))
+
+    assert read([1, None, -3], pa.int64()).to_pylist() == [1, None, -3]
+    assert read([2**64 - 1, 0], pa.uint64()).to_pylist() == [2**64 - 1, 0]
+    # The connector gives signed TINYINT -128..-1 as 128..255.
+    assert read([128, 255, 127, None], pa.int8()).to_pylist() == [-128, -1, 127, None]
+    assert read([1, 0, None, 255], pa.bool_()).to_pylist() == [True, False, None, True]
+    assert read([1.5, None, -0.0], pa.float64()).to_pylist() == [1.5, None, -0.0]
+    assert read([0.25, None], pa.float32()).type == pa.float32()
+    assert read(["ab", None, "", "c"], pa.string()).to_pylist() == ["ab", None, "", "c"]
+    assert read([ASTRAL, None, "x"], pa.string()).to_pylist() == [ASTRAL, None, "x"]
+    assert read([b"\x00\xff", None, b""], pa.binary()).to_pylist() == [b"\x00\xff", None, b""]
+    assert read([b'{"a": 1}', None], pa.string()).to_pylist() == ['{"a": 1}', None]
+    with pytest.raises(SchemaError, match="'c'.*UTF8"):
+        read([b"ok", b"\xff"], pa.string())
+    money = [decimal.Decimal("1.50"), None, decimal.Decimal("0E-10")]
+    assert read(money, pa.decimal128(5, 2)).to_pylist() == [
+        decimal.Decimal("1.50"),
+        None,
+        decimal.Decimal("0.00"),
+    ]
+    assert read([b"\x16", None, b"\x00"], pa.int64(), type_code=16).to_pylist() == [22, None, 0]
+    noon = dt.timedelta(hours=12, microseconds=5)
+    assert read([noon, None], pa.time64("us")).to_pylist() == [dt.time(12, 0, 0, 5), None]
+    with pytest.raises(SchemaError, match="'c' holds TIME '-01:00:00', outside a time of day"):
+        read([noon, -dt.timedelta(hours=1)], pa.time64("us"))
+    with pytest.raises(SchemaError, match="'c' holds TIME '24:00:00'"):
+        read([dt.timedelta(hours=24)], pa.time64("us"))
+    date_column = _Column("d", pa.date32(), None, epoch_converter(pa.date32(), "d"))
+    days = _to_array((19724, None), date_column)
+    assert days.to_pylist() == [dt.date(2024, 1, 2), None]
+    stamp = pa.timestamp("us")
+    micros = _to_array((1, None), _Column("t", stamp, None, epoch_converter(stamp, "t")))
+    assert micros.to_pylist() == [dt.datetime(1970, 1, 1, 0, 0, 0, 1), None]
+    assert read([None, None], pa.null()).null_count == 2

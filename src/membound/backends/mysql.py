@@ -1,28 +1,46 @@
-"""MySQL and MariaDB: unbuffered streaming reads (mysqlclient when installed, else PyMySQL),
-bulk writes by streamed ``LOAD DATA LOCAL INFILE`` (see :mod:`mysql_load`) or multi-row INSERTs.
+"""MySQL and MariaDB: unbuffered streaming reads (MariaDB Connector/Python's binary protocol when
+installed, else mysqlclient, else PyMySQL), bulk writes by streamed ``LOAD DATA LOCAL INFILE``
+(see :mod:`mysql_load`) or multi-row INSERTs.
 
-Reads use an unbuffered cursor (``SSCursor``; the default cursor of both drivers buffers the
-whole result) with ``fetchmany`` sized from the measured width of the rows, and the drivers'
-per-value converters turned off: values arrive as the server's text, Arrow's string builder
-takes each column's values as they are (no ``pa.array``, so pyarrow does not import pandas) and
-Arrow casts whole columns at once. mysqlclient (``MySQLdb``, a C extension) is used for reads
-when it is importable, on a connection of its own per read; ``mysql+pymysql://`` URLs keep
-PyMySQL. Measured on the shared 2,000,000-row ``events`` table (local MariaDB 10.11, 2 cores
-shared with other work, load average 3-4.5, reading to nowhere):
+Reads use an unbuffered cursor (the default cursor of every driver buffers the whole result)
+with ``fetchmany`` sized from the measured width of the rows, on a connection of their own per
+read for the C drivers. The reader is the first installed of:
+
+- MariaDB Connector/Python (``mariadb``, :mod:`mysql_binary`): ``cursor(binary=True,
+  buffered=False)`` runs every read as a server-side prepared statement, so the server sends
+  numbers and dates in binary and the connector's C code makes Python ints, floats and str of
+  them; numpy and joined buffers take those into Arrow (no ``pa.array``, so pyarrow does not
+  import pandas). A table's dates are selected as integers since 1970; a query with date
+  columns is read by the next reader (see ``_read_binary``).
+- mysqlclient (``MySQLdb``) and PyMySQL, in the text protocol: the drivers' per-value
+  converters off, values arrive as the server's text, Arrow's string builder takes each
+  column's values as they are and Arrow casts whole columns at once.
+
+``mysql+mariadbconnector://``, ``mysql+mysqlclient://`` and ``mysql+pymysql://`` URLs choose the
+reader. Measured on the shared 2,000,000-row ``events`` table (local MariaDB 10.11, 2 cores
+shared with other work, reading to nowhere through ``batches()`` at a 64MB budget):
 
     read  mysqlclient, pa.array per column (before)         6.3-10.1 s  4.2-4.3 s CPU, +pandas
-    read  mysqlclient, string builder, GC paused (chosen)   6.5-7.7 s   3.5-3.6 s CPU, no pandas
-    server CPU for the text protocol (any Python driver)    2.1-2.2 s
-    server CPU for the binary protocol (ConnectorX)         1.15-1.2 s  (ConnectorX reads the
-                                                                        table in 1.2 s alone)
+    read  mysqlclient, string builder, GC paused            6.5-7.7 s   3.5-3.6 s CPU, no pandas
+    server CPU for the text protocol (any text driver)      2.1-2.2 s
+    server CPU for the binary protocol (ConnectorX)         1.15-1.2 s
+    mariadb's fetchmany alone (Python rows, no Arrow)       4.6-4.7 s   2.95-2.97 s CPU
 
-The text protocol alone costs the server about what ConnectorX's whole read takes, and neither
-Python driver speaks the binary protocol for a result set: on 2 cores the export to Parquet
-takes 1.85-2.7x ConnectorX's time (docs/benchmarks.md). Parallel readers would not help: the
-client's conversion (creating Python values, ~1 s CPU, then Arrow, ~1.5 s) and the server's
-formatting already fill both cores. PyMySQL reads 2-3x slower than mysqlclient (earlier
-measurement); through the budget's batches the read stays about 40 MB above its start at a 64MB
-budget, against 544 MB with the bound lifted.
+and another day, old and new alternating in one process, 4 runs each (medians in brackets;
+"server" is mariadbd's whole CPU meanwhile, information_schema lookups included):
+
+    read    mysqlclient, text protocol      5.9-9.6 s (6.8)   5.5-9.3 s CPU (6.5), server 4.1-6.4 s
+    read    mariadb, binary (chosen)        4.0-5.8 s (5.5)   3.7-5.5 s CPU (5.4), server 3.2-4.8 s
+    copy()  to Parquet, mysqlclient         6.5-10.2 s (7.6)  6.8-10.4 s CPU (7.8)
+    copy()  to Parquet, mariadb (chosen)    4.2-6.1 s (5.1)   4.5-6.3 s CPU (5.5)
+
+In the binary protocol the server formats nothing and the client parses nothing: of the
+client's CPU about half is the connector's making Python values, the rest their way into Arrow
+(numbers ~20-50 ns a value through numpy, text ~60-200 ns joined into one buffer) and freeing
+the rows. Python datetimes would cost ~5 us each in numpy, hence dates as integers. Parallel
+readers would not help: client and server fill the 2 cores. PyMySQL reads 2-3x slower than
+mysqlclient (earlier measurement); through the budget's batches the read stays about 40 MB above
+its start at a 64MB budget, against 544 MB with the bound lifted.
 
 Writes into a new table (``fail``, ``replace``) or an existing one (``append``) stream
 ``LOAD DATA LOCAL INFILE`` when the server allows it (``@@local_infile``, MariaDB's default;
@@ -34,11 +52,13 @@ Upserts, and servers without ``local_infile``, render each batch into multi-row 
 statements column by column with Arrow compute (escaping, quoting, NULLs) rather than value by
 value in Python, each statement under the server's ``max_allowed_packet``.
 
-Types: ``TINYINT(1)``/``BOOLEAN`` -> bool; ``DECIMAL(p,s)`` -> ``decimal128(p,s)``
-(``decimal256`` above 38 digits); ``DATETIME``/``TIMESTAMP`` -> naive ``timestamp[us]``;
-``TIME`` -> ``time64[us]`` (values outside 00:00-24:00 raise :class:`SchemaError`); ``JSON`` ->
-string marked ``membound.type=json`` (MariaDB's JSON is LONGTEXT: recognised for tables, by its
-``json_valid`` check); zero dates (``0000-00-00``) read as NULL. MySQL has no time zone-aware
+Types (all readers alike): ``TINYINT(1)``/``BOOLEAN`` -> bool; ``DECIMAL(p,s)`` ->
+``decimal128(p,s)`` (``decimal256`` above 38 digits); ``DATETIME``/``TIMESTAMP`` -> naive
+``timestamp[us]``; ``TIME`` -> ``time64[us]`` (values outside 00:00-24:00 raise
+:class:`SchemaError`); ``JSON`` -> string marked ``membound.type=json`` (MariaDB's JSON is
+LONGTEXT: recognised for tables, by its ``json_valid`` check); zero dates (``0000-00-00``) read
+as NULL (in the binary protocol so do dates with a zero month or day, which the text protocol
+rejects with :class:`SchemaError`). MySQL has no time zone-aware
 type: tz-aware timestamps are written as UTC into ``DATETIME(6)``; a table membound creates marks
 such a column with the comment ``membound: UTC``, and reading that table gives it back as
 ``timestamp[us, UTC]`` (other DATETIME columns, and queries, read naive).
@@ -59,6 +79,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from membound.backends import mysql_binary
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
 from membound.backends.mysql_load import LoadRejected, binary_scalar, load_data, mysql_texts
 from membound.backends.postgres import resume_hint
@@ -170,10 +191,14 @@ class _Column:
 
     __slots__ = ("name", "arrow_type", "raw_type", "convert", "is_json")
 
-    def __init__(self, name: str, arrow_type: pa.DataType, raw_type: pa.DataType, convert=None):
+    def __init__(
+        self, name: str, arrow_type: pa.DataType, raw_type: pa.DataType | None, convert=None
+    ):
         self.name = name
         self.arrow_type = arrow_type
-        self.raw_type = raw_type  # how the driver's values are first taken: string or binary
+        # How the driver's values are first taken: string or binary, or None when ``convert``
+        # takes the driver's Python values themselves (the binary protocol's ints, dates ...).
+        self.raw_type = raw_type
         self.convert = convert  # None: an Arrow cast from raw_type
         self.is_json = False
 
@@ -340,6 +365,8 @@ def _columns_of(rows: Sequence[tuple], columns: list[_Column]) -> list[pa.Array]
 
 def _to_array(values: Sequence[Any], column: _Column) -> pa.Array:
     try:
+        if column.raw_type is None:  # the binary protocol's typed values (see mysql_binary)
+            return column.convert(values)
         raw = _raw_array(values, column.raw_type, text=pa.types.is_string(column.arrow_type))
         if column.convert is not None:
             return column.convert(raw)
@@ -478,7 +505,8 @@ def _joined(rows: pa.Array) -> memoryview:
 
 
 class MySQLBackend(Backend):
-    """A MySQL or MariaDB database through PyMySQL.
+    """A MySQL or MariaDB database through PyMySQL, read through the fastest reader installed
+    (see the module docstring).
 
     Memory: reads hold one ``fetchmany`` of rows as Python values plus its Arrow form; writes one
     batch and its text (LOAD DATA's rows or INSERT statements). A read that is abandoned closes
@@ -488,9 +516,10 @@ class MySQLBackend(Backend):
     database or table -> :class:`NotFoundError`; rejected SQL -> :class:`QueryError`.
     """
 
-    # Rows arrive as Python values, but are taken into Arrow by its string builder, which does
-    # not make pyarrow import pandas (see _raw_array); only TIME and BIT columns read, and
-    # nested columns written, go through pa.array (copy() notes the import if it happens).
+    # Rows arrive as Python values, but are taken into Arrow by its string builder or numpy
+    # (see _raw_array and mysql_binary), which do not make pyarrow import pandas; only TIME and
+    # BIT columns read through the text protocol, and nested columns written, go through
+    # pa.array (copy() notes the import if it happens).
     converts_python_values = False
 
     extra = "mysql"
@@ -499,9 +528,20 @@ class MySQLBackend(Backend):
     def __init__(self, url: ParsedURL, *, budget: Budget | int | str | None = None) -> None:
         super().__init__(url, budget=Budget.coerce(budget))
         self._pymysql = _import_pymysql()
-        # Reads go through mysqlclient when it is installed (measured 2-3x faster than PyMySQL,
-        # see the module docstring), unless the URL asks for PyMySQL (mysql+pymysql://).
-        self._mysqldb = None if url.scheme.endswith("+pymysql") else _import_mysqldb()
+        # Reads go through MariaDB Connector/Python's binary protocol when it is installed, else
+        # mysqlclient (2-3x faster than PyMySQL), else PyMySQL (see the module docstring); the
+        # URL's driver may choose one: mysql+mariadbconnector://, mysql+mysqlclient://,
+        # mysql+pymysql://. mysqlclient (or PyMySQL) also reads the queries whose dates the
+        # binary protocol cannot take (see _read_binary).
+        driver = url.scheme.partition("+")[2]
+        self._mariadb = None
+        if driver not in ("pymysql", "mysqlclient"):
+            self._mariadb = mysql_binary.import_mariadb()
+            if self._mariadb is None and driver == "mariadbconnector":
+                raise MissingDriverError("mariadb", "mysql-fast")
+        self._mysqldb = None if driver == "pymysql" else _import_mysqldb()
+        if self._mysqldb is None and driver == "mysqlclient":
+            raise MissingDriverError("MySQLdb", "mysql-fast")
         self._idle: list[tuple[Any, float]] = []  # (connection, idle since: time.monotonic())
         self._open: list[Any] = []
         conn = self._connect()
@@ -598,8 +638,7 @@ class MySQLBackend(Backend):
 
     def _lost(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the connection to the server is gone."""
-        code = exc.args[0] if getattr(exc, "args", None) else None
-        return code in CONNECTION_LOST_CODES
+        return _code(exc) in CONNECTION_LOST_CODES
 
     def _lost_hint(self, exc: BaseException) -> str:
         return "; check that the server is up and run it again" if self._lost(exc) else ""
@@ -631,13 +670,43 @@ class MySQLBackend(Backend):
         self._open.append(conn)
         return conn
 
+    def _connect_binary(self) -> Any:
+        """A MariaDB Connector/Python connection for one binary-protocol read (always utf8mb4:
+        the connector takes no character set)."""
+        mariadb = self._mariadb
+        url = self.url
+        options = dict(url.options)
+        try:
+            conn = mariadb.connect(
+                host=url.host or "localhost",
+                port=url.port or 3306,
+                user=url.username or "root",
+                password=url.password or "",
+                database=url.database or "",
+                autocommit=False,
+                connect_timeout=int(options.pop("connect_timeout", 10)),
+                init_command=f"SET SESSION net_write_timeout = {NET_WRITE_TIMEOUT_S}",
+            )
+        except mariadb.Error as exc:
+            raise SourceError(
+                f"cannot connect to MySQL at {self._where} ({url.display}): {_message(exc)}; "
+                "check that the server is running and the user, password and database are right"
+            ) from None
+        self._open.append(conn)
+        return conn
+
     def _discard(self, conn: Any) -> None:
+        fileno = None
         if self._mysqldb is not None and isinstance(conn, self._mysqldb.connections.Connection):
+            fileno = conn.fileno
+        elif self._mariadb is not None and isinstance(conn, self._mariadb.connections.Connection):
+            fileno = conn._get_socket  # the public .socket wraps the descriptor without a dup
+        if fileno is not None:
             # An unfinished unbuffered result: libmariadb would read it all to the end (possibly
             # gigabytes) when the result or connection is closed; shutting the socket first
             # stops the server sending it.
             with contextlib.suppress(Exception):
-                duplicate = socket.socket(fileno=os.dup(conn.fileno()))
+                duplicate = socket.socket(fileno=os.dup(fileno()))
                 try:
                     duplicate.shutdown(socket.SHUT_RDWR)
                 finally:
@@ -707,15 +776,24 @@ class MySQLBackend(Backend):
         sizer = self._budget(budget).sizer(conversion=False)
         sql, table = self._select(query_or_table)
         what = query_or_table or self.default_table or ""
+        json_columns: set[str] = set()
+        guarded: dict[str, pa.DataType] = {}
+        if table is not None and (self._mariadb is not None or self._mysqldb is not None):
+            with self._connection() as conn, conn.cursor(self._pymysql.cursors.Cursor) as meta:
+                json_columns = self._json_columns(meta, table)
+                if self._mariadb is not None:
+                    sql, guarded = self._guarded_select(meta, table, sql)
+        if self._mariadb is not None:
+            yield from self._read_binary(sql, params, json_columns, guarded, sizer, what)
+            return
+        yield from self._read_text(sql, params, table, json_columns, sizer, what)
+
+    def _read_text(self, sql, params, table, json_columns, sizer, what) -> Iterator[pa.RecordBatch]:
+        """The read of :meth:`batches` in the text protocol: mysqlclient, else PyMySQL."""
         if self._mysqldb is not None:
-            json_columns: set[str] = set()
-            if table is not None:
-                with self._connection() as conn, conn.cursor(self._pymysql.cursors.Cursor) as meta:
-                    json_columns = self._json_columns(meta, table)
             yield from self._read_fast(sql, params, json_columns, sizer, what)
             return
         with self._connection() as conn:
-            json_columns = set()
             if table is not None:
                 with conn.cursor(self._pymysql.cursors.Cursor) as meta:
                     json_columns = self._json_columns(meta, table)
@@ -727,6 +805,91 @@ class MySQLBackend(Backend):
             columns = [_column_for(f) for f in cursor._result.fields]
             errors = self._pymysql.err.MySQLError
             yield from self._fetched(cursor, errors, lambda _: columns, json_columns, sizer, what)
+
+    def _guarded_select(
+        self, cursor: Any, table: str, sql: str
+    ) -> tuple[str, dict[str, pa.DataType]]:
+        """``SELECT * FROM table`` with its date columns (if any) read as integers (see
+        :func:`mysql_binary.as_epoch_integer`), and those columns' Arrow types by name."""
+        schema, name = split_table_name(table)
+        cursor.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+            "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s AND EXTRA NOT LIKE '%%INVISIBLE%%' "
+            "ORDER BY ORDINAL_POSITION",
+            (schema, name),
+        )
+        columns = [(str(n), str(t).lower()) for n, t in cursor.fetchall()]
+        epoch_types = mysql_binary.EPOCH_TYPES
+        dates = {n: epoch_types[t] for n, t in columns if t in epoch_types}
+        if not dates:
+            return sql, {}
+        listed = ", ".join(
+            mysql_binary.as_epoch_integer(quote_ident(n), t) if n in dates else quote_ident(n)
+            for n, t in columns
+        )
+        return f"SELECT {listed} FROM {qualified(schema, name)}", dates
+
+    def _read_binary(
+        self, sql, params, json_columns, guarded, sizer, what
+    ) -> Iterator[pa.RecordBatch]:
+        """The read of :meth:`batches` in the binary protocol, through MariaDB Connector/Python's
+        unbuffered cursor (a prepared statement), on a connection of its own that is closed at
+        the end (never pooled: a read may be abandoned).
+
+        ``guarded`` are a table's date columns, selected as integers (their Arrow types by name).
+        A result with other date columns (a query's) is read again through the text protocol,
+        which reads zero dates as NULL where the connector fails; the binary read is dropped
+        before its first row.
+        """
+        mariadb = self._mariadb
+        conn = self._connect_binary()
+        dates: list[str] = []
+        try:
+            cursor = conn.cursor(binary=True, buffered=False)
+            try:
+                cursor.execute(*mysql_binary.qmark(sql, params))
+            except mariadb.Error as exc:
+                raise self._read_error(exc, what) from None
+            fields = mysql_binary.describe(cursor)
+            dates = [f.name for f in fields if f.type_code in mysql_binary.DATE_TYPE_CODES]
+            if not dates:
+                columns = [self._binary_column(f, guarded) for f in fields]
+                fetcher = mysql_binary.Fetcher(cursor, lambda: self._statement_error(conn), dates)
+                errors = (mariadb.Error, mysql_binary.StatementError)
+                typed = lambda _: columns  # noqa: E731
+                yield from self._fetched(fetcher, errors, typed, json_columns, sizer, what)
+                return
+        finally:
+            self._discard(conn)
+        yield from self._read_text(sql, params, None, json_columns, sizer, what)
+
+    @staticmethod
+    def _binary_column(field: Any, epoch_types: dict[str, pa.DataType]) -> _Column:
+        if field.name in epoch_types:
+            arrow_type = epoch_types[field.name]
+            convert = mysql_binary.epoch_converter(arrow_type, field.name)
+            return _Column(field.name, arrow_type, None, convert)
+        column = _column_for(field)
+        convert = mysql_binary.values_converter(
+            column.arrow_type, field.type_code, field.name, POOL
+        )
+        if convert is not None:
+            column.raw_type, column.convert = None, convert
+        return column
+
+    @staticmethod
+    def _statement_error(conn: Any) -> None:
+        """Raise the error the finished statement on ``conn`` ended with, if any: the connector
+        reports such a result as complete (see mysql_binary)."""
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SHOW ERRORS LIMIT 1")
+            found = cursor.fetchall()
+        finally:
+            cursor.close()
+        if found:
+            _level, code, message = found[0]
+            raise mysql_binary.StatementError(int(code), str(message))
 
     def _read_fast(self, sql, params, json_columns, sizer, what) -> Iterator[pa.RecordBatch]:
         """The read of :meth:`batches` through mysqlclient's unbuffered cursor, on a connection
@@ -823,12 +986,14 @@ class MySQLBackend(Backend):
         return int(row[0]) if row and row[0] is not None else None
 
     def _read_error(self, exc: Exception, what: str) -> Exception:
-        code = exc.args[0] if exc.args else None
+        code = _code(exc)
         message = _message(exc)
         if code in (1146, 1049):
             return NotFoundError(f"{message} in {self.url.display}; check the table name")
-        programming = (self._pymysql.err.ProgrammingError,) + (
-            (self._mysqldb.ProgrammingError,) if self._mysqldb else ()
+        programming = (
+            (self._pymysql.err.ProgrammingError,)
+            + ((self._mysqldb.ProgrammingError,) if self._mysqldb else ())
+            + ((self._mariadb.ProgrammingError,) if self._mariadb else ())
         )
         if isinstance(exc, programming) or code in (1054, 1064, 1305):
             return QueryError(f"MySQL rejected the query {what[:200]!r}: {message}")
@@ -1100,7 +1265,18 @@ class MySQLBackend(Backend):
             ) from (None if is_db_error else exc)
 
 
+def _code(exc: BaseException) -> Any:
+    """The server's or client library's error number of a driver's exception."""
+    errno = getattr(exc, "errno", None)
+    if type(exc).__module__.startswith("mariadb") and isinstance(errno, int):
+        return errno  # MariaDB Connector/Python: args are (message,)
+    return exc.args[0] if getattr(exc, "args", None) else None
+
+
 def _message(exc: Exception) -> str:
     if len(exc.args) >= 2 and isinstance(exc.args[1], str):
         return f"({exc.args[0]}) {exc.args[1]}"
+    code = _code(exc)
+    if isinstance(code, int) and code and exc.args and isinstance(exc.args[0], str):
+        return f"({code}) {exc.args[0]}"
     return str(exc)
