@@ -646,38 +646,26 @@ class MySQLBackend(Backend):
     def _connect_fast(self) -> Any:
         """A mysqlclient connection for one read (values as the server's text, as for PyMySQL)."""
         mysqldb = self._mysqldb
-        url = self.url
-        options = dict(url.options)
+        options = dict(self.url.options)
         conv = {k: v for k, v in mysqldb.converters.conversions.items() if not isinstance(k, int)}
-        try:
-            conn = mysqldb.connect(
-                host=url.host or "localhost",
-                port=url.port or 3306,
-                user=url.username or "root",
-                password=url.password or "",
-                database=url.database or "",
-                charset=options.pop("charset", "utf8mb4"),
-                conv=conv,
-                autocommit=False,
-                connect_timeout=int(options.pop("connect_timeout", 10)),
-                init_command=f"SET SESSION net_write_timeout = {NET_WRITE_TIMEOUT_S}",
-            )
-        except mysqldb.MySQLError as exc:
-            raise SourceError(
-                f"cannot connect to MySQL at {self._where} ({url.display}): {_message(exc)}; "
-                "check that the server is running and the user, password and database are right"
-            ) from None
-        self._open.append(conn)
-        return conn
+        return self._connect_reader(
+            mysqldb.connect, mysqldb.MySQLError, options,
+            charset=options.pop("charset", "utf8mb4"), conv=conv,
+        )
 
     def _connect_binary(self) -> Any:
         """A MariaDB Connector/Python connection for one binary-protocol read (always utf8mb4:
         the connector takes no character set)."""
-        mariadb = self._mariadb
+        return self._connect_reader(
+            self._mariadb.connect, self._mariadb.Error, dict(self.url.options)
+        )
+
+    def _connect_reader(self, connect, errors, options: dict[str, str], **extra: Any) -> Any:
+        """A connection of its own for one read through ``connect`` (mysqlclient's or the
+        MariaDB connector's), tracked for :meth:`close`; ``errors`` are the driver's."""
         url = self.url
-        options = dict(url.options)
         try:
-            conn = mariadb.connect(
+            conn = connect(
                 host=url.host or "localhost",
                 port=url.port or 3306,
                 user=url.username or "root",
@@ -686,8 +674,9 @@ class MySQLBackend(Backend):
                 autocommit=False,
                 connect_timeout=int(options.pop("connect_timeout", 10)),
                 init_command=f"SET SESSION net_write_timeout = {NET_WRITE_TIMEOUT_S}",
+                **extra,
             )
-        except mariadb.Error as exc:
+        except errors as exc:
             raise SourceError(
                 f"cannot connect to MySQL at {self._where} ({url.display}): {_message(exc)}; "
                 "check that the server is running and the user, password and database are right"
