@@ -117,7 +117,7 @@ def copy(
     meter = _Meter(report, progress)
     sampler = RSSSampler(TIMELINE_INTERVAL_S)
     region = measure()
-    with system_arrow_pool(), region as m, sampler, \
+    with system_arrow_pool(budget.max_memory), region as m, sampler, \
             open_backend(source_url, budget=budget) as reader, \
             open_backend(target_url, budget=budget) as writer:
         if to_table is None and target_url.scheme != "file":

@@ -18,11 +18,11 @@ pytest.importorskip("adbc_driver_sqlite")
 
 @pytest.fixture
 def small_segments(monkeypatch):
-    """Ranges of 200 rowids and two readers, whatever the machine, and a count of the reads
-    that took the parallel path."""
+    """Ranges of 200 rowids and two readers (three cores, one left to the consumer), whatever
+    the machine, and a count of the reads that took the parallel path."""
     monkeypatch.setattr(sqlite_backend, "FAST_MAX_ROWS", 100)
     monkeypatch.setattr(sqlite_backend, "SEGMENT_BATCHES", 2)
-    monkeypatch.setattr(sqlite_backend.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sqlite_backend.os, "cpu_count", lambda: 3)
     calls = []
     original = SQLiteBackend._parallel_stream
 
@@ -170,3 +170,13 @@ def test_a_readers_error_reaches_the_caller(tmp_path, small_segments, monkeypatc
             pytest.raises(sqlite_backend.QueryError, match="reader 4 failed"):
         list(src.batches("t", budget="8MB"))
     assert threading.active_count() == before
+
+
+def test_two_cores_leave_one_reader_beside_the_consumer(tmp_path, monkeypatch, small_segments):
+    # On two cores the caller's thread (a copy's writer) has one, the reader the other: a second
+    # reader would only add a batch target of memory.
+    monkeypatch.setattr(sqlite_backend.os, "cpu_count", lambda: 2)
+    rows = [(i, f"n{i}", None, i) for i in range(1, 3001)]
+    path = build(str(tmp_path / "two.db"), rows)
+    assert [row["id"] for row in read_all(path)] == list(range(1, 3001))
+    assert small_segments == []

@@ -78,10 +78,11 @@ FAST_ROWS_PER_RESTART = 10_000
 # copied every byte once more (+0.1 s CPU and ~100k page faults per 2M rows).
 FAST_MERGE_BELOW = 1 / 4
 # Large rowid tables are read by up to this many ADBC readers at once, each over its own rowid
-# ranges, while the caller writes: on two cores the reading, most of a copy's CPU, is split in
-# two (measured: 2M events rows read in 1.28 s by one reader, 0.64 s by two). Each reader cuts
-# batches at the full batch target; a second reader's batches in flight cost 8-10 MB more peak
-# for a 64MB budget (28-31 MB above start against 20 MB; 19 MB for a 32MB budget).
+# ranges, on the cores the caller's thread (which writes, in a copy) leaves free: one core for
+# the consumer, the rest for readers. On two cores that is one reader: with the writer on the
+# other core, a second reader made a 2M-row events copy no faster (1.09-1.15 s against
+# 1.07-1.09 s) and doubled its peak (43 MB above start against 22 MB at 64MB). Each reader cuts
+# batches at the full batch target, so every reader past the first costs about that much peak.
 PARALLEL_READERS = 2
 # A reader's range holds about this many of its batches: enough that a range's start (a new
 # ADBC statement) is noise, few enough that both readers stay busy to the end.
@@ -447,7 +448,7 @@ class SQLiteBackend(Backend):
             f"(SELECT * FROM {quote_identifier(table)} LIMIT {FAST_SAMPLE_ROWS})",
         )
         widths = [FAST_WIDTH_HEADROOM * w for w in widths]
-        readers = min(PARALLEL_READERS, os.cpu_count() or 1)
+        readers = min(PARALLEL_READERS, (os.cpu_count() or 1) - 1)
         if readers > 1 and not self._wal_mode():
             rows, _ = self._fast_plan(sizer.target_bytes, widths)
             segments = self._rowid_segments(table, rows * SEGMENT_BATCHES)

@@ -227,7 +227,7 @@ def export_queryset(
 
     sampler = RSSSampler(TIMELINE_INTERVAL_S)
     region = measure()
-    with system_arrow_pool(), region as m, sampler, \
+    with system_arrow_pool(budget.max_memory), region as m, sampler, \
             open_backend(target_url, budget=budget) as writer:
         t0 = time.perf_counter()
         batches = metered(queryset_batches(queryset, max_memory=budget))
