@@ -247,18 +247,24 @@ class FileBackend(Backend):
     def _guarded(
         self, stream: Iterator[pa.RecordBatch], sizer: BatchSizer, schema: pa.Schema
     ) -> Iterator[pa.RecordBatch]:
+        used = 0
         try:
             while True:
                 # The consumer is done with the last batch. mimalloc, pyarrow's default pool,
                 # keeps freed pages for reuse; handed back after each batch, a Parquet read's
-                # peak RSS measured 1.5-2x lower. Only the reader's work is translated below,
-                # never the consumer's (which runs at the yield).
-                release_arrow_memory()
+                # peak RSS measured 1.5-2x lower, but every batch then decodes into fresh pages
+                # (Parquet -> PostgreSQL, 2M rows of events: 250k page faults and 1.85 s CPU,
+                # against 75k and 1.50 s this way, peaking 34 MB above the start for 64MB
+                # instead of 30 MB). So only once memory passes RELEASE_ABOVE of the budget.
+                # Only the reader's work is translated below, never the consumer's (which runs
+                # at the yield).
+                if used > RELEASE_ABOVE * sizer.budget.max_memory:
+                    release_arrow_memory()
                 with self._decoding(schema):
                     batch = next(stream, None)
                 if batch is None:
                     return
-                sizer.check_memory(f"reading {self.path.name}")
+                used = sizer.check_memory(f"reading {self.path.name}")
                 yield batch
         finally:
             _close(stream)
