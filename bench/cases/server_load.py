@@ -4,8 +4,9 @@ The source is one Parquet file of the protocol's rows (``ts`` as ``timestamp[us,
 once from the SQLite case's file and cached beside it. Each contestant creates and fills a table
 of its own, named after its run's scratch directory (``bench_load_<hash>``); the harness then
 reads that table back (ConnectorX ``arrow_stream``), checks its row count and checksum, and drops
-it. The MariaDB CLI's ``LOAD DATA LOCAL INFILE`` reads a tab-separated file written beforehand
-from the same rows, so only the load is timed.
+it (on PostgreSQL, then checkpoints, so the next contestant starts on a settled server). The
+MariaDB CLI's ``LOAD DATA LOCAL INFILE`` reads a tab-separated file written beforehand from the
+same rows, so only the load is timed.
 """
 
 from __future__ import annotations
@@ -184,12 +185,23 @@ def pg_drop_leftovers() -> None:
             conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
+def pg_settle() -> None:
+    """Write the dirty buffers and WAL of the load just verified (``CHECKPOINT``, untimed).
+
+    A 10M-row load writes about 1.5 GB of WAL, past ``max_wal_size``: without this, the server's
+    own checkpoint lands in whichever contestant runs next (seen: adbc_ingest 7.4-10.2 s and
+    membound 7.3-9.3 s across three runs of one 10M case)."""
+    with pg_connect() as conn:
+        conn.execute("CHECKPOINT")
+
+
 def pg_verify(output: Path, dataset: Dataset) -> Verification:
     table = load_table(output)
     try:
         return _read_back(POSTGRES_URL, table)
     finally:
         pg_drop(table)
+        pg_settle()
 
 
 # -- MariaDB ---------------------------------------------------------------------------------------
