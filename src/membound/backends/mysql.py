@@ -919,18 +919,22 @@ class MySQLBackend(Backend):
         finished = False
         try:
             while True:
-                try:
-                    with gc_paused():
+                # The collector stays paused until the row tuples are gone: resumed while they
+                # were alive, its next young collection traversed every one of them and moved
+                # them on to the older generations (2M rows of events from MariaDB: 6% of the
+                # copy's CPU in the collector).
+                with gc_paused():
+                    try:
                         rows = cursor.fetchmany(sizer.rows_per_batch)
-                except errors as exc:
-                    raise self._read_error(exc, what) from None
-                if columns is None:
-                    columns = typed(rows)
-                    schema = pa.schema([c.field(json_columns) for c in columns])
-                if not rows:
-                    break
-                arrays = _columns_of(rows, columns)
-                del rows
+                    except errors as exc:
+                        raise self._read_error(exc, what) from None
+                    if columns is None:
+                        columns = typed(rows)
+                        schema = pa.schema([c.field(json_columns) for c in columns])
+                    if not rows:
+                        break
+                    arrays = _columns_of(rows, columns)
+                    del rows
                 batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
                 del arrays
                 sizer.observe(batch.num_rows, batch.nbytes)
