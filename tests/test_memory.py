@@ -92,3 +92,101 @@ def test_gc_paused_restores_state():
 
 def test_trim_runs():
     trim()
+
+
+class _FakeGlibc:
+    """Records mallopt() calls in place of glibc."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        return 1
+
+
+@pytest.fixture
+def fake_glibc(monkeypatch):
+    from membound import memory
+
+    fake = _FakeGlibc()
+    monkeypatch.setattr(memory, "_libc", fake)
+    monkeypatch.setattr(memory, "_threshold_fixed", False)
+    monkeypatch.setattr(memory, "_trim_thresholds", [])
+    return fake
+
+
+def trim_settings(fake):
+    from membound import memory
+
+    return [value for param, value in fake.calls if param == memory._M_TRIM_THRESHOLD]
+
+
+def test_heap_retention_keeps_a_share_of_the_budget_and_restores_glibcs_default(fake_glibc):
+    from membound import memory
+
+    with memory.heap_retention(64_000_000):
+        assert trim_settings(fake_glibc) == [8_000_000]
+        # The mmap threshold is fixed first: that is what fixes the trim threshold at 128 KiB.
+        assert (memory._M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD) in fake_glibc.calls
+    assert trim_settings(fake_glibc) == [8_000_000, memory.MIN_TRIM_THRESHOLD]
+
+
+def test_heap_retention_bounds_and_the_smallest_running_budget_wins(fake_glibc):
+    from membound import memory
+
+    with memory.heap_retention(10**12):  # a huge budget keeps at most 32 MiB
+        assert trim_settings(fake_glibc)[-1] == memory.MAX_TRIM_THRESHOLD
+        with memory.heap_retention(16_000_000):  # a second pipeline with a small budget
+            assert trim_settings(fake_glibc)[-1] == 2_000_000
+        assert trim_settings(fake_glibc)[-1] == memory.MAX_TRIM_THRESHOLD
+        with memory.heap_retention(100_000):  # below the floor: glibc's own 128 KiB
+            assert trim_settings(fake_glibc)[-1] == memory.MIN_TRIM_THRESHOLD
+    assert trim_settings(fake_glibc)[-1] == memory.MIN_TRIM_THRESHOLD
+    assert memory._trim_thresholds == []
+
+
+def test_heap_retention_restores_after_an_error(fake_glibc):
+    from membound import memory
+
+    with pytest.raises(RuntimeError), memory.heap_retention(64_000_000):
+        raise RuntimeError("boom")
+    assert trim_settings(fake_glibc)[-1] == memory.MIN_TRIM_THRESHOLD
+    assert memory._trim_thresholds == []
+
+
+def test_heap_retention_is_a_no_op_without_glibc(monkeypatch):
+    from membound import memory
+
+    monkeypatch.setattr(memory, "_libc", False)
+    monkeypatch.setattr(memory, "_threshold_fixed", False)
+    with memory.heap_retention(64_000_000):
+        pass
+    assert memory._trim_thresholds == []
+
+
+def test_release_arrow_memory_leaves_glibcs_heaps_alone(monkeypatch):
+    # The system pool's release_unused() is malloc_trim(0), which empties every thread's heap:
+    # per batch it made a reader refault each next batch. Only trim_heap()/trim() do that.
+    import pyarrow as pa
+
+    from membound import memory
+
+    released = []
+
+    class Pool:
+        def __init__(self, name):
+            self.name = name
+
+        def release_unused(self):
+            released.append(self.name)
+
+    monkeypatch.setattr(pa, "default_memory_pool", lambda: Pool("system"))
+    monkeypatch.setattr(pa, "system_memory_pool", lambda: Pool("system"))
+    monkeypatch.setattr(pa, "mimalloc_memory_pool", lambda: Pool("mimalloc"))
+    monkeypatch.setattr(pa, "jemalloc_memory_pool", lambda: Pool("jemalloc"))
+    memory.release_arrow_memory()
+    assert released == ["mimalloc", "jemalloc"]
