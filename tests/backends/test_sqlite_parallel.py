@@ -27,7 +27,7 @@ def small_segments(monkeypatch):
     original = SQLiteBackend._parallel_stream
 
     def spy(self, *args, **kwargs):
-        calls.append(args[-2])  # the segments
+        calls.append(args[5])  # the segments
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SQLiteBackend, "_parallel_stream", spy)

@@ -446,6 +446,8 @@ class SQLiteBackend(Backend):
         names = schema.names
         guarded = [i for i, f in enumerate(schema)
                    if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
+        not_null = self._not_null_columns(table, [names[i] for i in guarded])
+        not_null = frozenset(i for i in guarded if names[i] in not_null)
         sizer = budget.sizer(conversion=False)
         widths = self._widest_values(
             [names[i] for i in guarded],
@@ -458,9 +460,17 @@ class SQLiteBackend(Backend):
             segments = self._rowid_segments(table, rows * SEGMENT_BATCHES)
             if len(segments) > 1:
                 return self._parallel_stream(
-                    table, schema, budget, guarded, widths, segments, readers
+                    table, schema, budget, guarded, widths, segments, readers, not_null
                 )
-        return self._fast_stream(table, schema, budget, sizer, guarded, widths)
+        return self._fast_stream(table, schema, budget, sizer, guarded, widths,
+                                 not_null=not_null)
+
+    def _not_null_columns(self, table: str, columns: Sequence[str]) -> set[str]:
+        """Which of ``columns`` are declared NOT NULL (SQLite enforces it on every write)."""
+        info = self._connect(write=False).execute(
+            f"PRAGMA table_info({quote_identifier(table)})"
+        ).fetchall()
+        return {row[1] for row in info if row[3] and row[1] in columns}
 
     def _wal_mode(self) -> bool:
         row = self._connect(write=False).execute("PRAGMA journal_mode").fetchone()
@@ -502,6 +512,7 @@ class SQLiteBackend(Backend):
         widths: list[int],
         segments: list[tuple[int | None, int | None]],
         readers: int,
+        not_null: frozenset[int] = frozenset(),
     ) -> Iterator[pa.RecordBatch]:
         """The fast path over rowid ranges on ``readers`` threads, batches in rowid order.
 
@@ -524,11 +535,12 @@ class SQLiteBackend(Backend):
             pending: list[pa.RecordBatch] = []
             status, last_rowid, _ = (
                 yield from self._fast_run(
-                    self._fast_sql(table, schema, guarded, limits, after, until),
+                    self._fast_sql(table, schema, guarded, limits, after, until, not_null),
                     rows,
                     schema,
                     sizer,
                     pending,
+                    not_null,
                 )
             )[:3]
             if pending:
@@ -550,6 +562,7 @@ class SQLiteBackend(Backend):
                         list(widths),
                         after=item.after,
                         until=item.until,
+                        not_null=not_null,
                     )
                 else:
                     yield item
@@ -606,9 +619,13 @@ class SQLiteBackend(Backend):
         limits: Sequence[int],
         after: int | None,
         until: int | None = None,
+        not_null: frozenset[int] = frozenset(),
     ) -> str:
         """The fast path's query: the rowid, then the columns, each text/blob value above its
-        limit replaced by NULL; a row with such a value gets a NULL rowid, which flags it.
+        limit replaced by NULL; a row with such a value gets a NULL rowid, which flags it. In a
+        column declared NOT NULL (``not_null``) the NULL itself flags it, and the rowid's test
+        leaves that column out (measured: 0.95 s against 1.00 s of ADBC's CPU per 2M rows of
+        events when two of three guarded columns are NOT NULL).
 
         Sizes are bytes, asked with octet_length(): SQLite answers it from the record header
         without loading the value (length() counts a text's characters, so it reads it whole:
@@ -624,7 +641,8 @@ class SQLiteBackend(Backend):
             q = quote_identifier(name)
             if i in guarded:
                 test = f"{size.format(q)} > {limits[guarded.index(i)]}"
-                over.append(test)
+                if i not in not_null:
+                    over.append(test)
                 select.append(f"CASE WHEN {test} THEN NULL ELSE {q} END AS {q}")
             else:
                 select.append(q)
@@ -649,6 +667,7 @@ class SQLiteBackend(Backend):
         widths: list[int],
         after: int | None = None,
         until: int | None = None,
+        not_null: frozenset[int] = frozenset(),
     ) -> Iterator[pa.RecordBatch]:
         """Rows ``after < rowid <= until`` (each bound optional) by ADBC, held-back values and
         columns of mixed types by the row-by-row path."""
@@ -658,8 +677,9 @@ class SQLiteBackend(Backend):
         rows_read = 0
         while True:
             rows_per_batch, limits = self._fast_plan(target, widths)
-            sql = self._fast_sql(table, schema, guarded, limits, after, until)
-            outcome = yield from self._fast_run(sql, rows_per_batch, schema, sizer, pending)
+            sql = self._fast_sql(table, schema, guarded, limits, after, until, not_null)
+            outcome = yield from self._fast_run(sql, rows_per_batch, schema, sizer, pending,
+                                                not_null)
             status, last_rowid, rows = outcome[:3]
             rows_read += rows
             if pending:
@@ -715,6 +735,7 @@ class SQLiteBackend(Backend):
         schema: pa.Schema,
         sizer: BatchSizer,
         pending: list[pa.RecordBatch],
+        not_null: frozenset[int] = frozenset(),
     ) -> Iterator[pa.RecordBatch]:
         """One ADBC statement. Yields merged batches; returns ``(status, last_rowid, rows)``;
         with status ``"large"``, the row after ``last_rowid`` holds a held-back value."""
@@ -750,7 +771,7 @@ class SQLiteBackend(Backend):
                     return ("type", last_rowid, rows)
                 if raw.num_rows == 0:
                     continue
-                batch, first_large = self._fast_conform(raw, schema)
+                batch, first_large = self._fast_conform(raw, schema, not_null)
                 if first_large is not None:
                     batch = batch.slice(0, first_large)
                     if first_large:
@@ -792,18 +813,23 @@ class SQLiteBackend(Backend):
 
     @staticmethod
     def _fast_conform(
-        raw: pa.RecordBatch, schema: pa.Schema
+        raw: pa.RecordBatch, schema: pa.Schema, not_null: frozenset[int] = frozenset()
     ) -> tuple[pa.RecordBatch, int | None]:
         """An ADBC batch in the schema's types, and the index of its first row with a
-        held-back value, flagged by a NULL rowid (None when there is none)."""
+        held-back value, flagged by a NULL rowid or a NULL in a ``not_null`` column (None when
+        there is none)."""
         columns = [_conform(raw.column(i + 1), field) for i, field in enumerate(schema)]
         batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-        rowids = raw.column(0)
-        if not rowids.null_count:
+        flags = [raw.column(0)] + [raw.column(i + 1) for i in sorted(not_null)]
+        flagged = [column.is_null() for column in flags if column.null_count]
+        if not flagged:
             return batch, None
+        mask = flagged[0]
+        for more in flagged[1:]:
+            mask = pc.or_(mask, more)
         # No Python scalars here (pc.equal(x, 0) and the like): pyarrow's first conversion of
         # a Python value imports pandas, ~50 MB this path otherwise never needs.
-        return batch, pc.indices_nonzero(rowids.is_null())[0].as_py()
+        return batch, pc.indices_nonzero(mask)[0].as_py()
 
     def _next_rowid(self, table: str, after: int | None) -> int | None:
         where = f" WHERE rowid > {int(after)}" if after is not None else ""
