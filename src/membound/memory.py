@@ -431,7 +431,6 @@ def release_arrow_memory() -> None:
         pool.release_unused()
 
 
-
 def trim_heap() -> None:
     """glibc's ``malloc_trim(0)``: free heap memory of every thread back to the OS (a no-op
     where glibc is not the allocator). The next allocations fault their pages back in."""

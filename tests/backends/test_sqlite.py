@@ -272,7 +272,7 @@ def test_held_back_values_in_not_null_columns(tmp_path, monkeypatch):
     conn.close()
     want = [dict(zip(("id", "name", "note", "body"), r, strict=True)) for r in rows]
     with open_backend(f"sqlite:///{path}") as src:
-        assert src._not_null_columns("t", ["name", "note", "body"]) == {"name", "body"}
+        assert {name for name, _, not_null in src._table_info("t") if not_null} == {"name", "body"}
         table = pa.Table.from_batches(list(src.batches("t", budget="8MB")))
     assert table.to_pylist() == want
     from membound.backends import sqlite as sqlite_backend

@@ -353,14 +353,14 @@ def _raw_array(values: Sequence[Any], raw_type: pa.DataType, *, text: bool) -> p
 def _columns_of(rows: Sequence[tuple], columns: list[_Column]) -> list[pa.Array]:
     """Row tuples -> one Arrow array per column.
 
-    The cyclic collector is paused meanwhile: the transposed columns are thousands of new
-    containers with no cycles, and collections triggered by them cost more than the transposing.
+    Call it with the cyclic collector paused (as :meth:`MySQLBackend._fetched` does from the
+    fetch until the rows are freed): the transposed columns are thousands of new containers
+    with no cycles, and collections triggered by them cost more than the transposing.
     """
-    with gc_paused():
-        return [
-            _to_array(values, column)
-            for values, column in zip(zip(*rows, strict=True), columns, strict=True)
-        ]
+    return [
+        _to_array(values, column)
+        for values, column in zip(zip(*rows, strict=True), columns, strict=True)
+    ]
 
 
 def _to_array(values: Sequence[Any], column: _Column) -> pa.Array:

@@ -271,7 +271,8 @@ class SQLiteBackend(Backend):
         ).fetchall()
         return [name for (name,) in rows]
 
-    def _table_info(self, table: str) -> list[tuple[str, str]]:
+    def _table_info(self, table: str) -> list[tuple[str, str, bool]]:
+        """``(name, declared type, declared NOT NULL)`` per column; NotFoundError if none."""
         conn = self._connect(write=False)
         info = conn.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()
         if not info:
@@ -279,7 +280,7 @@ class SQLiteBackend(Backend):
             raise NotFoundError(
                 f"no table {table!r} in SQLite database {self.path!r} (tables: {tables})"
             )
-        return [(row[1], row[2] or "") for row in info]
+        return [(row[1], row[2] or "", bool(row[3])) for row in info]
 
     def _has_rowid(self, table: str) -> bool:
         conn = self._connect(write=False)
@@ -318,7 +319,7 @@ class SQLiteBackend(Backend):
                 return pa.schema([(name, pa.string()) for name in names])
             return first.schema
         return pa.schema(
-            [_field(name, _declared_to_arrow(decl) or pa.string(), decl) for name, decl in
+            [_field(name, _declared_to_arrow(decl) or pa.string(), decl) for name, decl, _ in
              self._table_info(target)]
         )
 
@@ -372,7 +373,7 @@ class SQLiteBackend(Backend):
 
     def _table_batches(self, table: str, budget: Budget) -> Iterator[pa.RecordBatch]:
         info = self._table_info(table)
-        declared = {name: _declared_to_arrow(decl) for name, decl in info}
+        declared = {name: _declared_to_arrow(decl) for name, decl, _ in info}
         # Typeless columns: look at their first non-null value now (cheap: stops at the first
         # hit), so a column that starts with NULLs still gets its real type.
         conn = self._connect(write=False)
@@ -384,10 +385,11 @@ class SQLiteBackend(Backend):
                     f"WHERE {quote_identifier(name)} IS NOT NULL LIMIT 1"
                 ).fetchone()
                 declared[name] = infer_type([row[0]]) if row else pa.string()
-        schema = pa.schema([_field(name, declared[name], decl) for name, decl in info])
+        schema = pa.schema([_field(name, declared[name], decl) for name, decl, _ in info])
         has_rowid = self._has_rowid(table)
         if has_rowid and self.path != ":memory:" and _adbc_sqlite() is not None:
-            return self._fast_table_batches(table, schema, budget)
+            not_null = frozenset(i for i, (_, _, not_null) in enumerate(info) if not_null)
+            return self._fast_table_batches(table, schema, budget, not_null)
         return self._slow_table_batches(table, schema, budget, has_rowid=has_rowid)
 
     def _slow_table_batches(
@@ -433,7 +435,8 @@ class SQLiteBackend(Backend):
         )
 
     def _fast_table_batches(
-        self, table: str, schema: pa.Schema, budget: Budget
+        self, table: str, schema: pa.Schema, budget: Budget,
+        declared_not_null: frozenset[int] = frozenset(),
     ) -> Iterator[pa.RecordBatch]:
         """Read a rowid table through ADBC's C reader; large values by the row-by-row path.
 
@@ -446,8 +449,7 @@ class SQLiteBackend(Backend):
         names = schema.names
         guarded = [i for i, f in enumerate(schema)
                    if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
-        not_null = self._not_null_columns(table, [names[i] for i in guarded])
-        not_null = frozenset(i for i in guarded if names[i] in not_null)
+        not_null = declared_not_null.intersection(guarded)
         sizer = budget.sizer(conversion=False)
         widths = self._widest_values(
             [names[i] for i in guarded],
@@ -464,13 +466,6 @@ class SQLiteBackend(Backend):
                 )
         return self._fast_stream(table, schema, budget, sizer, guarded, widths,
                                  not_null=not_null)
-
-    def _not_null_columns(self, table: str, columns: Sequence[str]) -> set[str]:
-        """Which of ``columns`` are declared NOT NULL (SQLite enforces it on every write)."""
-        info = self._connect(write=False).execute(
-            f"PRAGMA table_info({quote_identifier(table)})"
-        ).fetchall()
-        return {row[1] for row in info if row[3] and row[1] in columns}
 
     def _wal_mode(self) -> bool:
         row = self._connect(write=False).execute("PRAGMA journal_mode").fetchone()
@@ -1050,7 +1045,7 @@ class SQLiteBackend(Backend):
         upsert_keys: tuple[str, ...] | None,
     ) -> None:
         conn = self._connect(write=True)
-        columns = [name for name, _ in self._table_info(table)]
+        columns = [name for name, _, _ in self._table_info(table)]
         limit = max(MIN_LARGE_VALUE, int(budget.max_memory * LARGE_VALUE_SHARE))
         sizer = budget.sizer()
         self._last_key = None
