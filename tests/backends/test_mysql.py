@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pytest
 
+from membound.backends import mysql_native
 from membound.backends.base import open_backend
 from membound.errors import (
     ConfigurationError,
@@ -32,16 +34,28 @@ pymysql = pytest.importorskip("pymysql")
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture(params=["mariadbconnector", "mysqlclient", "pymysql"])
+@pytest.fixture(params=["native", "mariadbconnector", "mysqlclient", "pymysql"])
 def read_url(request, mysql_url) -> str:
-    """The server's URL for each read path: the binary protocol through MariaDB
-    Connector/Python and the text protocol through mysqlclient (each when installed), and
-    PyMySQL."""
+    """The server's URL for each read path: membound's C reader (a URL without a driver), the
+    binary protocol through MariaDB Connector/Python and the text protocol through mysqlclient
+    (each when installed), and PyMySQL."""
+    if request.param == "native":
+        require_native()
+        return "mysql://" + mysql_url.split("://", 1)[1]
     if request.param == "mariadbconnector":
         pytest.importorskip("mariadb", reason="mariadb not installed: no binary-protocol reads")
     if request.param == "mysqlclient":
         pytest.importorskip("MySQLdb", reason="mysqlclient not installed: no mysqlclient reads")
     return f"mysql+{request.param}://" + mysql_url.split("://", 1)[1]
+
+
+def require_native() -> None:
+    """Skip without membound's C reader, unless CI requires the servers (then it must be built:
+    scripts/test.sh installs libmariadb-dev first)."""
+    if mysql_native.import_native() is None:
+        if os.environ.get("MEMBOUND_REQUIRE_SERVERS") == "1":
+            pytest.fail("membound._mysqlarrow was not built (needs gcc and libmariadb-dev)")
+        pytest.skip("membound._mysqlarrow not built (needs gcc and libmariadb-dev)")
 
 
 def thread_id(conn) -> int:
@@ -429,12 +443,17 @@ PANDAS_SCRIPT = textwrap.dedent(
 )
 
 
-def test_binary_reads_do_not_import_pandas(mysql_url, my, my_tables):
+@pytest.mark.parametrize("driver", ["native", "mariadbconnector"])
+def test_binary_reads_do_not_import_pandas(mysql_url, my, my_tables, driver):
     """Every type, TIME and BIT included, without pa.array (which imports pandas, ~50 MB)."""
-    pytest.importorskip("mariadb", reason="mariadb not installed: no binary-protocol reads")
+    if driver == "native":
+        require_native()
+    else:
+        pytest.importorskip("mariadb", reason="mariadb not installed: no binary-protocol reads")
     name = my_tables()
     fill_more_types(my, name)
-    url = "mysql+mariadbconnector://" + mysql_url.split("://", 1)[1]
+    scheme = "mysql" if driver == "native" else f"mysql+{driver}"
+    url = f"{scheme}://" + mysql_url.split("://", 1)[1]
     out = subprocess.run(
         [sys.executable, "-c", PANDAS_SCRIPT, url, name],
         capture_output=True,
@@ -892,3 +911,98 @@ def test_binary_protocol_values_become_arrow_arrays():
     micros = _to_array((1, None), _Column("t", stamp, None, epoch_converter(stamp, "t")))
     assert micros.to_pylist() == [dt.datetime(1970, 1, 1, 0, 0, 0, 1), None]
     assert read([None, None], pa.null()).null_count == 2
+
+
+# -- membound's C reader (membound._mysqlarrow) ----------------------------------------------
+
+
+def native_url(mysql_url: str) -> str:
+    require_native()
+    return "mysql://" + mysql_url.split("://", 1)[1]
+
+
+def test_native_reader_reads_values_of_every_width(mysql_url, my, my_tables):
+    """Values around the reader's 1 KiB staging buffer and far beyond it (fetched again,
+    straight into the batch), astral text, empty strings and NULLs, in batches sized in bytes."""
+    name = my_tables()
+    my.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, t LONGTEXT, b LONGBLOB)")
+    widths = [0, 1, 1023, 1024, 1025, 4096, 70_000, 3_000_000]
+    expected = {}
+    for i, width in enumerate(widths):
+        text = ("😀é" * width)[:width] if width else ""
+        blob = bytes(range(256)) * (width // 256) + bytes(width % 256)
+        expected[i] = (text, blob)
+        my.execute(f"INSERT INTO {name} VALUES (%s, %s, %s)", (i, text, blob))
+    my.execute(f"INSERT INTO {name} VALUES (100, NULL, NULL)")
+    with open_backend(native_url(mysql_url), budget="8MB") as db:
+        batches = list(db.batches(name))
+    assert len(batches) >= 2  # the 3 MB values do not share a 1 MB batch with everything else
+    rows = {r["id"]: (r["t"], r["b"]) for b in batches for r in b.to_pylist()}
+    assert rows.pop(100) == (None, None)
+    assert rows == expected
+
+
+def test_native_reader_reads_query_dates_itself(mysql_url, my, my_tables):
+    """A query's DATE, DATETIME and TIME columns are read in the binary protocol too (the
+    MariaDB connector hands those to the text protocol): dates as days and microseconds."""
+    name = my_tables()
+    my.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, d DATE, dt DATETIME(6), tm TIME(6))")
+    my.execute(
+        f"INSERT INTO {name} VALUES (1, '1969-12-31', '1900-02-28 23:59:59.999999', '23:59:59.5'),"
+        f" (2, '2024-02-29', '2038-01-19 03:14:08.000001', '00:00:00'), (3, NULL, NULL, NULL)"
+    )
+    with open_backend(native_url(mysql_url)) as db:
+        rows = read_all(db, f"SELECT d, dt, tm FROM {name} ORDER BY id")
+    assert rows == [
+        {"d": dt.date(1969, 12, 31), "dt": dt.datetime(1900, 2, 28, 23, 59, 59, 999999),
+         "tm": dt.time(23, 59, 59, 500000)},
+        {"d": dt.date(2024, 2, 29), "dt": dt.datetime(2038, 1, 19, 3, 14, 8, 1),
+         "tm": dt.time(0, 0)},
+        {"d": None, "dt": None, "tm": None},
+    ]
+
+
+def test_native_reader_refuses_a_statement_without_rows(mysql_url):
+    with open_backend(native_url(mysql_url)) as db:
+        with pytest.raises(QueryError, match="no rows"):
+            list(db.batches("SELECT 1 INTO @membound_x"))
+        assert not any(type(c).__module__ == "membound._mysqlarrow" for c in db._open)
+
+
+def test_native_reader_falls_back_when_the_server_cannot_prepare(mysql_url, my, my_tables):
+    """A statement the prepared-statement protocol does not take (error 1295) is read by the
+    next reader, with the same result."""
+    name = my_tables()
+    fill_numbers(my, name, 500)
+    native = mysql_native.import_native() or pytest.skip("no C reader")
+
+    class Unpreparable:
+        """The C reader, but its server does not prepare the statement."""
+
+        def __init__(self, *args, **kwargs):
+            self.reader = native.Reader(*args, **kwargs)
+
+        def execute(self, sql):
+            raise native.Error(1295, "This command is not supported in the prepared statement "
+                                     "protocol yet")
+
+        def close(self):
+            self.reader.close()
+
+    class Module:
+        Reader = Unpreparable
+        Error = native.Error
+
+    with open_backend(native_url(mysql_url)) as db:
+        expected = read_all(db, name)
+        db._native = Module
+        assert read_all(db, name) == expected
+        assert len(expected) == 500
+        assert db._open and not any(isinstance(c, Unpreparable) for c in db._open)
+
+
+def test_native_reader_closes_its_connection_on_bad_sql(mysql_url, my):
+    with open_backend(native_url(mysql_url)) as db:
+        with pytest.raises(QueryError):
+            list(db.batches("SELECT nope FROM DUAL"))
+        assert not any(type(c).__module__ == "membound._mysqlarrow" for c in db._open)

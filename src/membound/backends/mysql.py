@@ -79,7 +79,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from membound.backends import mysql_binary
+from membound.backends import mysql_binary, mysql_native
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
 from membound.backends.mysql_load import LoadRejected, binary_scalar, load_data, mysql_texts
 from membound.backends.postgres import resume_hint
@@ -121,6 +121,10 @@ POOL_CHECK_AFTER_IDLE_S = 1.0
 # Client error codes meaning the connection is gone: server gone away, lost during query, and
 # the server's own "connection was killed" / shutdown codes.
 CONNECTION_LOST_CODES = frozenset({2006, 2013, 2055, 1927, 1053, 4031})
+# "This command is not supported in the prepared statement protocol yet".
+_UNSUPPORTED_PREPARED = 1295
+# The client library's "no result set" (a statement that returns no rows).
+_NO_RESULT_SET = 2053
 # Login refused: access denied (wrong user or password).
 ACCESS_DENIED_CODES = frozenset({1044, 1045, 1698})
 # Arrow memory for the read conversion and the INSERT rendering. pyarrow's default pool
@@ -534,6 +538,8 @@ class MySQLBackend(Backend):
         # mysql+pymysql://. mysqlclient (or PyMySQL) also reads the queries whose dates the
         # binary protocol cannot take (see _read_binary).
         driver = url.scheme.partition("+")[2]
+        # membound's own C reader (mysql_native) reads whatever the URL names no driver for.
+        self._native = mysql_native.import_native() if not driver else None
         self._mariadb = None
         if driver not in ("pymysql", "mysqlclient"):
             self._mariadb = mysql_binary.import_mariadb()
@@ -581,21 +587,7 @@ class MySQLBackend(Backend):
                 local_infile=True,
             )
         except pymysql.err.MySQLError as exc:
-            code = exc.args[0] if exc.args else None
-            if code == 1049:
-                raise NotFoundError(
-                    f"database {url.database!r} does not exist on {self._where} "
-                    f"({url.display}); create it or fix the URL"
-                ) from None
-            if code in ACCESS_DENIED_CODES:
-                raise SourceError(
-                    f"MySQL at {self._where} refused the login ({url.display}): {_message(exc)}; "
-                    "check the user name and password in the URL, and the user's grants"
-                ) from None
-            raise SourceError(
-                f"cannot connect to MySQL at {self._where} ({url.display}): {_message(exc)}; "
-                "check that the server is running and the user, password and database are right"
-            ) from None
+            raise self._connect_error(exc) from None
         # ... but only mysql_load sends any, and only for its own statements: PyMySQL's handler,
         # which opens whatever file the server names, stays off (see mysql_load's docstring).
         conn._local_infile = False
@@ -767,6 +759,13 @@ class MySQLBackend(Backend):
         what = query_or_table or self.default_table or ""
         json_columns: set[str] = set()
         guarded: dict[str, pa.DataType] = {}
+        if self._native is not None and params is None:
+            if table is not None:
+                with self._connection() as conn, conn.cursor(self._pymysql.cursors.Cursor) as meta:
+                    json_columns = self._json_columns(meta, table)
+            read = self._read_native(sql, json_columns, sizer, what)
+            if (yield from read) is not None:
+                return
         if table is not None and (self._mariadb is not None or self._mysqldb is not None):
             with self._connection() as conn, conn.cursor(self._pymysql.cursors.Cursor) as meta:
                 json_columns = self._json_columns(meta, table)
@@ -817,6 +816,88 @@ class MySQLBackend(Backend):
             for n, t in columns
         )
         return f"SELECT {listed} FROM {qualified(schema, name)}", dates
+
+    def _read_native(self, sql, json_columns, sizer, what):
+        """The read of :meth:`batches` through membound's C reader (:mod:`mysql_native`), on a
+        connection of its own that is closed at the end. Returns True once the result is read;
+        None, before any batch, when the server cannot prepare the statement (the caller reads
+        it another way)."""
+        native = self._native
+        url = self.url
+        options = dict(url.options)
+        try:
+            reader = native.Reader(
+                url.host or "localhost", url.username or "root", url.password or "",
+                url.database or None, url.port or 3306, options.pop("unix_socket", None),
+                connect_timeout=int(options.pop("connect_timeout", 10)),
+                init_command=f"SET SESSION net_write_timeout = {NET_WRITE_TIMEOUT_S}",
+            )
+        except native.Error as exc:
+            raise self._connect_error(exc) from None
+        self._open.append(reader)
+        try:
+            try:
+                reader.execute(sql)
+            except native.Error as exc:
+                if _code(exc) == _UNSUPPORTED_PREPARED:
+                    return None
+                if _code(exc) == _NO_RESULT_SET:
+                    raise QueryError(
+                        f"{what[:200]!r} returns no rows; read a SELECT (or another statement "
+                        "with a result)"
+                    ) from None
+                raise self._read_error(exc, what) from None
+            fields = [mysql_native.NativeField(f) for f in reader.fields]
+            columns = [_column_for(f) for f in fields]
+            schema = pa.schema([c.field(json_columns) for c in columns])
+            converters = [
+                mysql_native.converter(native, f, t, POOL)
+                for f, t in zip(fields, schema.types, strict=True)
+            ]
+            produced = False
+            while True:
+                try:
+                    got = reader.fetch(sizer.rows_per_batch, sizer.target_bytes)
+                except native.Error as exc:
+                    raise self._read_error(exc, what) from None
+                if got is None:
+                    break
+                rows, buffers = got
+                if rows == 0 and produced:
+                    continue
+                arrays = mysql_native.to_arrays(
+                    rows, buffers, converters, schema.names, schema.types
+                )
+                del buffers, got
+                batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                del arrays
+                sizer.observe(batch.num_rows, batch.nbytes)
+                sizer.check_memory(f"reading {what[:60]}")
+                produced = True
+                yield batch
+                del batch
+            return True
+        finally:
+            self._discard(reader)
+
+    def _connect_error(self, exc: Exception) -> Exception:
+        """A driver's failure to connect, as membound's error."""
+        url = self.url
+        code = _code(exc)
+        if code == 1049:
+            return NotFoundError(
+                f"database {url.database!r} does not exist on {self._where} "
+                f"({url.display}); create it or fix the URL"
+            )
+        if code in ACCESS_DENIED_CODES:
+            return SourceError(
+                f"MySQL at {self._where} refused the login ({url.display}): {_message(exc)}; "
+                "check the user name and password in the URL, and the user's grants"
+            )
+        return SourceError(
+            f"cannot connect to MySQL at {self._where} ({url.display}): {_message(exc)}; "
+            "check that the server is running and the user, password and database are right"
+        )
 
     def _read_binary(
         self, sql, params, json_columns, guarded, sizer, what
