@@ -1,10 +1,14 @@
-"""The optional C extension ``membound._mysqlarrow`` (MySQL/MariaDB results -> Arrow buffers).
+"""membound's optional C extensions; everything else is in pyproject.toml.
 
-Everything else is in pyproject.toml. The extension needs a C compiler and MariaDB's client
-library with its headers (Debian: ``libmariadb-dev``; found through ``mariadb_config`` or
-``pkg-config libmariadb``). Without them membound installs without it and reads MySQL through
-the Python drivers (slower, same results); ``MEMBOUND_BUILD_MYSQLARROW=0`` skips it on purpose,
-``=1`` makes a failed build an error.
+- ``membound._mysqlarrow`` (MySQL/MariaDB results -> Arrow buffers) needs MariaDB's client
+  library with its headers (Debian: ``libmariadb-dev``; found through ``mariadb_config`` or
+  ``pkg-config libmariadb``). Without it MySQL reads go through the Python drivers.
+- ``membound._sqlitearrow`` (SQLite results -> Arrow buffers) needs SQLite's headers and
+  library (Debian: ``libsqlite3-dev``). Without it SQLite reads go through ADBC's driver.
+
+Both need a C compiler. Without what they need membound installs without them (slower, same
+results). ``MEMBOUND_BUILD_EXTENSIONS=0`` skips them on purpose, ``=1`` makes a failed build an
+error.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-WANT = os.environ.get("MEMBOUND_BUILD_MYSQLARROW", "auto").lower()
+WANT = os.environ.get("MEMBOUND_BUILD_EXTENSIONS", "auto").lower()
 
 
-def _flags() -> tuple[list[str], list[str]] | None:
+def _mariadb_flags() -> tuple[list[str], list[str]] | None:
     """Compiler and linker flags for libmariadb, or None when it is not installed."""
     for command in (["mariadb_config", "--cflags", "--libs"],
                     ["pkg-config", "--cflags", "--libs", "libmariadb"]):
@@ -56,21 +60,40 @@ class OptionalBuildExt(build_ext):
     def _skip(exc: Exception) -> None:
         if WANT in ("1", "yes", "true"):
             raise exc
-        print(f"membound: the C MySQL reader did not build ({exc}); MySQL reads go through "
-              "the Python drivers", file=sys.stderr)
+        print(f"membound: a C reader did not build ({exc}); reads of its database go "
+              "through the Python drivers", file=sys.stderr)
+
+
+def _sqlite_flags() -> tuple[list[str], list[str]] | None:
+    """Compiler and linker flags for SQLite, or None when its header is not found."""
+    if shutil.which("pkg-config"):
+        try:
+            found = subprocess.run(["pkg-config", "--cflags", "--libs", "sqlite3"],
+                                   capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            found = ""
+        if found.strip():
+            words = shlex.split(found)
+            return ([w for w in words if w.startswith("-I")],
+                    [w for w in words if not w.startswith("-I")])
+    if os.path.exists("/usr/include/sqlite3.h"):
+        return [], ["-lsqlite3"]
+    return None
 
 
 ext_modules = []
-flags = _flags() if WANT not in ("0", "no", "false") else None
-if flags is not None:
-    cflags, ldflags = flags
-    ext_modules.append(
-        Extension(
-            "membound._mysqlarrow",
-            ["src/membound/_mysqlarrow.c"],
-            extra_compile_args=[*cflags, "-O2", "-std=c11"],
-            extra_link_args=ldflags,
+if WANT not in ("0", "no", "false"):
+    for name, flags in (("_mysqlarrow", _mariadb_flags()), ("_sqlitearrow", _sqlite_flags())):
+        if flags is None:
+            continue
+        cflags, ldflags = flags
+        ext_modules.append(
+            Extension(
+                f"membound.{name}",
+                [f"src/membound/{name}.c"],
+                extra_compile_args=[*cflags, "-O2", "-std=c11"],
+                extra_link_args=ldflags,
+            )
         )
-    )
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

@@ -15,10 +15,11 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 # C libraries from Debian's packages, installed here when missing and we are root: LevelDB's
-# (plyvel links against it) and MariaDB's client library (mariadb and mysqlclient, the fast MySQL
-# read paths).
+# (plyvel links against it), MariaDB's client library (membound's C reader, mariadb and
+# mysqlclient: the fast MySQL read paths) and SQLite's headers (membound's C SQLite reader).
 apt_packages=""
 ldconfig -p | grep -q libleveldb || apt_packages="$apt_packages libleveldb-dev"
+[ -f /usr/include/sqlite3.h ] || apt_packages="$apt_packages libsqlite3-dev"
 { [ -f /usr/include/mariadb/mysql.h ] && command -v pkg-config >/dev/null; } || \
   apt_packages="$apt_packages libmariadb-dev pkg-config"
 if [ -n "$apt_packages" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -187,3 +187,39 @@ def my_tables(my):
     yield make
     for name in names:
         my.execute(f"DROP TABLE IF EXISTS `{name}`")
+
+
+# -- membound's optional C readers (membound._mysqlarrow, membound._sqlitearrow) ------------------
+#
+# setup.py builds them when a C compiler and the database's client headers are there. Tests of a
+# reader skip without it, unless MEMBOUND_REQUIRE_EXTENSIONS=1 (CI, whose scripts/test.sh
+# installs the headers first), where they fail.
+
+REQUIRE_EXTENSIONS_ENV = "MEMBOUND_REQUIRE_EXTENSIONS"
+
+
+def require_extension(name: str) -> None:
+    """Skip (or fail under MEMBOUND_REQUIRE_EXTENSIONS=1) when ``membound.<name>`` was not
+    built."""
+    import importlib
+
+    try:
+        importlib.import_module(f"membound.{name}")
+    except ImportError as exc:
+        message = f"membound.{name} was not built ({exc}); it needs gcc and the client headers"
+        if os.environ.get(REQUIRE_EXTENSIONS_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_EXTENSIONS_ENV}=1 requires it)", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(params=["adbc", "native"])
+def sqlite_reader(request, monkeypatch) -> str:
+    """Each fast SQLite read path: ADBC's driver, and membound's C reader."""
+    import membound.backends.sqlite as sqlite_backend
+
+    if request.param == "native":
+        require_extension("_sqlitearrow")
+        monkeypatch.setattr(sqlite_backend, "_NATIVE", None)
+    else:
+        monkeypatch.setattr(sqlite_backend, "_NATIVE", False)
+    return request.param

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pytest
 
+from conftest import require_extension
 from membound.backends import mysql_native
 from membound.backends.base import open_backend
 from membound.errors import (
@@ -50,12 +50,7 @@ def read_url(request, mysql_url) -> str:
 
 
 def require_native() -> None:
-    """Skip without membound's C reader, unless CI requires the servers (then it must be built:
-    scripts/test.sh installs libmariadb-dev first)."""
-    if mysql_native.import_native() is None:
-        if os.environ.get("MEMBOUND_REQUIRE_SERVERS") == "1":
-            pytest.fail("membound._mysqlarrow was not built (needs gcc and libmariadb-dev)")
-        pytest.skip("membound._mysqlarrow not built (needs gcc and libmariadb-dev)")
+    require_extension("_mysqlarrow")
 
 
 def thread_id(conn) -> int:

@@ -8,6 +8,8 @@ import sqlite3
 import pyarrow as pa
 import pytest
 
+from conftest import require_extension
+
 from membound import (
     ConfigurationError,
     NotFoundError,
@@ -40,7 +42,7 @@ def db(tmp_path):
     return make_db(str(tmp_path / "src.db"))
 
 
-def test_table_reads_as_typed_batches(db):
+def test_table_reads_as_typed_batches(db, sqlite_reader):
     with open_backend(f"sqlite:///{db}?table=t") as src:
         batches = list(src.batches())
         schema = src.schema()
@@ -55,7 +57,7 @@ def test_table_reads_as_typed_batches(db):
     assert table.column("data")[3].as_py() == b"\x00\x03\x00"
 
 
-def test_batches_are_sized_in_bytes_not_rows(tmp_path):
+def test_batches_are_sized_in_bytes_not_rows(tmp_path, sqlite_reader):
     path = str(tmp_path / "w.db")
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE narrow (v INTEGER)")
@@ -71,7 +73,7 @@ def test_batches_are_sized_in_bytes_not_rows(tmp_path):
     assert sum(narrow) == 200_000 and sum(wide) == 200
 
 
-def test_large_values_pass_alone_and_intact(tmp_path):
+def test_large_values_pass_alone_and_intact(tmp_path, sqlite_reader):
     path = str(tmp_path / "big.db")
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE d (id INTEGER PRIMARY KEY, body BLOB, note TEXT)")
@@ -233,7 +235,7 @@ def test_append_with_unknown_column_is_a_schema_error(tmp_path):
             db.write("u", iter([pa.record_batch({"zzz": [1]})]), mode="append")
 
 
-def test_held_back_values_among_nulls_and_multibyte_text(tmp_path):
+def test_held_back_values_among_nulls_and_multibyte_text(tmp_path, sqlite_reader):
     # The fast path flags a row holding a value above its limit with a NULL rowid: stored NULLs
     # must not look like held-back values, a first row may be held back, and text limits are
     # in bytes (octet_length), so 4-byte characters count four times.
@@ -253,7 +255,7 @@ def test_held_back_values_among_nulls_and_multibyte_text(tmp_path):
     assert table.to_pylist() == [dict(zip(("id", "note", "body"), r, strict=True)) for r in rows]
 
 
-def test_held_back_values_in_not_null_columns(tmp_path, monkeypatch):
+def test_held_back_values_in_not_null_columns(tmp_path, monkeypatch, sqlite_reader):
     # A NOT NULL column's held-back value is flagged by the NULL in its place, not by the rowid
     # (one test less per row): it must still be read, in its place, beside nullable columns
     # whose NULLs are data. Checked on one reader and on two.
@@ -279,6 +281,7 @@ def test_held_back_values_in_not_null_columns(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sqlite_backend.os, "cpu_count", lambda: 3)
     monkeypatch.setattr(sqlite_backend, "FAST_MAX_ROWS", 500)
+    monkeypatch.setattr(sqlite_backend, "NATIVE_MAX_ROWS", 500)
     with open_backend(f"sqlite:///{path}") as src:
         table = pa.Table.from_batches(list(src.batches("t", budget="8MB")))
     assert table.to_pylist() == want
@@ -299,3 +302,46 @@ def test_fast_plan_keeps_rows_times_limits_within_the_target(widths, target):
     for width, limit in zip(widths, limits, strict=True):
         if max(16, width) <= share:
             assert limit >= max(16, width)
+
+
+def test_text_that_is_not_utf8_is_a_schema_error_naming_the_column(tmp_path, sqlite_reader):
+    path = str(tmp_path / "bad.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO t VALUES (1, 'fine'), (2, CAST(x'ff00fe' AS TEXT))")
+    conn.commit()
+    conn.close()
+    with open_backend(f"sqlite:///{path}") as src, \
+            pytest.raises(SchemaError, match="'name'"):
+        list(src.batches("t"))
+
+
+def test_c_reader_takes_integers_in_real_columns_and_casts_declared_types(tmp_path):
+    """The C reader reads each column as the storage class its type needs: integers in a REAL
+    column as floats, and BOOLEAN, DATE, TIMESTAMP and DECIMAL columns cast from what SQLite
+    holds, as the row-by-row path does."""
+    require_extension("_sqlitearrow")
+    path = str(tmp_path / "types.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, r REAL, ok BOOLEAN, d DATE, "
+                 "ts TIMESTAMP, n DECIMAL TEXT(10, 2))")
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)", [
+        (1, 2, 1, "2024-02-29", "2024-01-01 10:00:00.5", "12.50"),
+        (2, 2.5, 0, None, None, None),
+        (3, None, None, "1969-12-31", "1900-01-01 00:00:00", "-0.01"),
+    ])
+    conn.commit()
+    conn.close()
+    from membound.backends import sqlite as sqlite_backend
+
+    assert sqlite_backend._sqlite_native() is not None
+    with open_backend(f"sqlite:///{path}") as src:
+        rows = pa.Table.from_batches(list(src.batches("t"))).to_pylist()
+    assert rows == [
+        {"id": 1, "r": 2.0, "ok": True, "d": dt.date(2024, 2, 29),
+         "ts": dt.datetime(2024, 1, 1, 10, 0, 0, 500000), "n": decimal.Decimal("12.50")},
+        {"id": 2, "r": 2.5, "ok": False, "d": None, "ts": None, "n": None},
+        {"id": 3, "r": None, "ok": None, "d": dt.date(1969, 12, 31),
+         "ts": dt.datetime(1900, 1, 1), "n": decimal.Decimal("-0.01")},
+    ]
+    assert isinstance(rows[0]["r"], float)

@@ -1,4 +1,5 @@
-"""SQLite's parallel fast path: rowid ranges read by two ADBC readers, batches in rowid order."""
+"""SQLite's parallel fast path: rowid ranges read by two readers (ADBC's or membound's C reader),
+batches in rowid order."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ pytest.importorskip("adbc_driver_sqlite")
 
 
 @pytest.fixture
-def small_segments(monkeypatch):
+def small_segments(monkeypatch, sqlite_reader):
     """Ranges of 200 rowids and two readers (three cores, one left to the consumer), whatever
-    the machine, and a count of the reads that took the parallel path."""
+    the machine, on each fast path (ADBC's, membound's C reader), and a count of the reads that
+    took the parallel path."""
     monkeypatch.setattr(sqlite_backend, "FAST_MAX_ROWS", 100)
+    monkeypatch.setattr(sqlite_backend, "NATIVE_MAX_ROWS", 100)
     monkeypatch.setattr(sqlite_backend, "SEGMENT_BATCHES", 2)
     monkeypatch.setattr(sqlite_backend.os, "cpu_count", lambda: 3)
     calls = []
@@ -152,19 +155,21 @@ def test_stopping_early_ends_the_readers_and_the_read_transaction(tmp_path, smal
         assert sum(b.num_rows for b in src.batches("t", budget="8MB")) == 4000
 
 
-def test_a_readers_error_reaches_the_caller(tmp_path, small_segments, monkeypatch):
+def test_a_readers_error_reaches_the_caller(tmp_path, small_segments, monkeypatch,
+                                           sqlite_reader):
     rows = [(i, f"n{i}", None, i) for i in range(1, 5001)]
     path = build(str(tmp_path / "err.db"), rows)
-    original = SQLiteBackend._fast_run
+    run = "_native_run" if sqlite_reader == "native" else "_fast_run"
+    original = getattr(SQLiteBackend, run)
     seen = []
 
-    def failing(self, sql, *args, **kwargs):
-        seen.append(sql)
+    def failing(self, *args, **kwargs):
+        seen.append(args)
         if len(seen) == 4:
             raise sqlite_backend.QueryError("reader 4 failed")
-        return (yield from original(self, sql, *args, **kwargs))
+        return (yield from original(self, *args, **kwargs))
 
-    monkeypatch.setattr(SQLiteBackend, "_fast_run", failing)
+    monkeypatch.setattr(SQLiteBackend, run, failing)
     before = threading.active_count()
     with open_backend(f"sqlite:///{path}") as src, \
             pytest.raises(sqlite_backend.QueryError, match="reader 4 failed"):

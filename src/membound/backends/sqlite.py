@@ -92,6 +92,12 @@ PARALLEL_READERS = 2
 # for 2M rows over 2 or 226 ranges on two threads).
 SEGMENT_BATCHES = 1
 MAX_SEGMENTS = 4096
+# The C reader (membound._sqlitearrow) cuts batches at the batch target in bytes, and at most
+# this many rows (a batch of numbers alone is 8 bytes a value: the row count must bound it).
+NATIVE_MAX_ROWS = 262_144
+# SQLite refuses text/blob values longer than the reader's limit before loading them (see
+# _native_run); the limit never goes below this, so ordinary short values never restart it.
+NATIVE_MIN_VALUE = 4096
 # SQLite's page cache is memory too: each connection gets this share of the budget instead of
 # SQLite's default 2 MB, and at least 256 KiB (below that, scans re-read internal pages).
 PAGE_CACHE_SHARE = 1 / 64
@@ -387,7 +393,8 @@ class SQLiteBackend(Backend):
                 declared[name] = infer_type([row[0]]) if row else pa.string()
         schema = pa.schema([_field(name, declared[name], decl) for name, decl, _ in info])
         has_rowid = self._has_rowid(table)
-        if has_rowid and self.path != ":memory:" and _adbc_sqlite() is not None:
+        fast = _sqlite_native() is not None or _adbc_sqlite() is not None
+        if has_rowid and self.path != ":memory:" and fast:
             not_null = frozenset(i for i, (_, _, not_null) in enumerate(info) if not_null)
             return self._fast_table_batches(table, schema, budget, not_null)
         return self._slow_table_batches(table, schema, budget, has_rowid=has_rowid)
@@ -447,16 +454,26 @@ class SQLiteBackend(Backend):
         value was only moderately wide.
         """
         names = schema.names
+        sizer = budget.sizer(conversion=False)
+        kinds = _native_kinds(schema)
+        readers = min(PARALLEL_READERS, (os.cpu_count() or 1) - 1)
+        if kinds is not None:
+            segments = []
+            if readers > 1 and not self._wal_mode():
+                rows = min(NATIVE_MAX_ROWS, sizer.target_bytes // _native_row_bytes(kinds))
+                segments = self._rowid_segments(table, max(1, rows) * SEGMENT_BATCHES)
+            if len(segments) > 1:
+                return self._parallel_stream(table, schema, budget, [], [], segments, readers,
+                                             kinds=kinds)
+            return self._native_stream(table, schema, budget, sizer, kinds)
         guarded = [i for i, f in enumerate(schema)
                    if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
         not_null = declared_not_null.intersection(guarded)
-        sizer = budget.sizer(conversion=False)
         widths = self._widest_values(
             [names[i] for i in guarded],
             f"(SELECT * FROM {quote_identifier(table)} LIMIT {FAST_SAMPLE_ROWS})",
         )
         widths = [FAST_WIDTH_HEADROOM * w for w in widths]
-        readers = min(PARALLEL_READERS, (os.cpu_count() or 1) - 1)
         if readers > 1 and not self._wal_mode():
             rows, _ = self._fast_plan(sizer.target_bytes, widths)
             segments = self._rowid_segments(table, rows * SEGMENT_BATCHES)
@@ -508,8 +525,10 @@ class SQLiteBackend(Backend):
         segments: list[tuple[int | None, int | None]],
         readers: int,
         not_null: frozenset[int] = frozenset(),
+        kinds: list[int] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """The fast path over rowid ranges on ``readers`` threads, batches in rowid order.
+        """The fast path over rowid ranges on ``readers`` threads, batches in rowid order
+        (through the C reader when ``kinds`` are given, else ADBC's).
 
         Readers only run ADBC's reader. A range that meets a held-back value or a column of
         mixed types is handed back at that row and finished here, on the caller's thread, by
@@ -526,6 +545,13 @@ class SQLiteBackend(Backend):
         def read(segment: tuple[int | None, int | None]) -> Iterator[Any]:
             after, until = segment
             sizer = budget.sizer(conversion=False)
+            if kinds is not None:
+                status, last_rowid, _ = yield from self._native_run(
+                    table, schema, kinds, sizer, after, until
+                )
+                if status != "end":
+                    yield _Rest(last_rowid if last_rowid is not None else after, until)
+                return
             rows, limits = self._fast_plan(sizer.target_bytes, widths)
             pending: list[pa.RecordBatch] = []
             status, last_rowid, _ = (
@@ -547,7 +573,12 @@ class SQLiteBackend(Backend):
         try:
             conn.execute(f"SELECT 1 FROM {qtable} LIMIT 1").fetchall()  # takes the shared lock
             for item in ordered_parallel(segments, read, workers=readers):
-                if isinstance(item, _Rest):
+                if isinstance(item, _Rest) and kinds is not None:
+                    yield from self._native_stream(
+                        table, schema, budget, budget.sizer(conversion=False), kinds,
+                        after=item.after, until=item.until,
+                    )
+                elif isinstance(item, _Rest):
                     yield from self._fast_stream(
                         table,
                         schema,
@@ -651,6 +682,109 @@ class SQLiteBackend(Backend):
             f"SELECT {rowid} AS {_ROWID_COLUMN}, {', '.join(select)} "
             f"FROM {quote_identifier(table)}{where} ORDER BY rowid"
         )
+
+    def _native_stream(
+        self,
+        table: str,
+        schema: pa.Schema,
+        budget: Budget,
+        sizer: BatchSizer,
+        kinds: list[int],
+        after: int | None = None,
+        until: int | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows ``after < rowid <= until`` (each bound optional) through membound's C reader
+        (:mod:`membound._sqlitearrow`); a row with a value too large for a batch, and the rest
+        of the table once a value of an unexpected type turns up, by the row-by-row path."""
+        restarts = 0
+        rows_read = 0
+        while True:
+            status, last_rowid, rows = yield from self._native_run(
+                table, schema, kinds, sizer, after, until
+            )
+            rows_read += rows
+            if last_rowid is not None:
+                after = last_rowid
+            if status == "end":
+                return
+            restarts += 1
+            if status == "type" or (restarts > FAST_MAX_RESTARTS
+                                    and rows_read < restarts * FAST_ROWS_PER_RESTART):
+                yield from self._slow_table_batches(
+                    table, schema, budget, has_rowid=True,
+                    after_rowid=after if after is not None else -(2**63), until_rowid=until,
+                )
+                return
+            # status == "large": SQLite refused the next row's value (longer than the reader's
+            # limit) before loading it; that row goes through blob I/O.
+            large_rowid = self._next_rowid(table, after)
+            if large_rowid is None or (until is not None and large_rowid > until):
+                continue  # deleted meanwhile: go on after it
+            trim()  # freed heap back to the OS before a value this size is read
+            yield from self._slow_table_batches(
+                table, schema, budget, has_rowid=True,
+                after_rowid=after if after is not None else -(2**63), until_rowid=large_rowid,
+            )
+            after = large_rowid
+
+    def _native_run(
+        self,
+        table: str,
+        schema: pa.Schema,
+        kinds: list[int],
+        sizer: BatchSizer,
+        after: int | None,
+        until: int | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """One statement of the C reader over ``after < rowid <= until``. Yields batches of the
+        batch target in bytes; returns ``(status, last_rowid, rows)``, status ``"end"``,
+        ``"large"`` (the row after ``last_rowid`` holds a value above the limit) or ``"type"``
+        (it holds a value of another type, or SQLite failed: the row-by-row path reads on and
+        reports what is wrong)."""
+        native = _sqlite_native()
+        target = sizer.target_bytes
+        text_columns = sum(kind >= native.KIND_TEXT for kind in kinds)
+        # A batch holds at most the target and one row more: each text/blob value of that row
+        # up to half the target shared among the columns.
+        max_value = max(NATIVE_MIN_VALUE, target // (2 * max(1, text_columns)))
+        bounds = ([f"rowid > {int(after)}"] if after is not None else []) + (
+            [f"rowid <= {int(until)}"] if until is not None else []
+        )
+        where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
+        columns = ", ".join(quote_identifier(n) for n in schema.names)
+        sql = f"SELECT rowid, {columns} FROM {quote_identifier(table)}{where} ORDER BY rowid"
+        try:
+            reader = native.Reader("file:" + _uri_path(self.path) + "?mode=ro", sql,
+                                   [native.KIND_I64, *kinds], max_value,
+                                   self._page_cache_kib())
+        except native.Error as exc:
+            raise QueryError(f"SQLite rejected the query: {exc.args[1]}") from None
+        last_rowid: int | None = None
+        rows = 0
+        statuses = {native.STATUS_END: "end", native.STATUS_LARGE: "large",
+                    native.STATUS_MISMATCH: "type"}
+        try:
+            while True:
+                try:
+                    status, count, buffers = reader.fetch(NATIVE_MAX_ROWS, target)
+                except native.Error:
+                    return ("type", last_rowid, rows)
+                if count:
+                    batch = _native_batch(count, buffers[1:], schema, kinds, native)
+                    rowids = memoryview(buffers[0][2])
+                    last_rowid = int.from_bytes(rowids[8 * (count - 1):8 * count], "little",
+                                                signed=True)
+                    del rowids
+                    rows += count
+                    del buffers
+                    yield self._observed(batch, sizer)
+                    del batch
+                else:
+                    del buffers
+                if status != native.STATUS_MORE:
+                    return (statuses[status], last_rowid, rows)
+        finally:
+            reader.close()
 
     def _fast_stream(
         self,
@@ -814,6 +948,9 @@ class SQLiteBackend(Backend):
         held-back value, flagged by a NULL rowid or a NULL in a ``not_null`` column (None when
         there is none)."""
         columns = [_conform(raw.column(i + 1), field) for i, field in enumerate(schema)]
+        for column, field in zip(columns, schema, strict=True):
+            if pa.types.is_string(column.type):
+                _check_utf8(column, field)
         batch = pa.RecordBatch.from_arrays(columns, schema=schema)
         flags = [raw.column(0)] + [raw.column(i + 1) for i in sorted(not_null)]
         flagged = [column.is_null() for column in flags if column.null_count]
@@ -1144,6 +1281,80 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
 
 
 _ADBC: Any = None
+_NATIVE: Any = None
+
+
+def _sqlite_native() -> Any:
+    """membound's C reader (``membound._sqlitearrow``), or None when it was not built or fast
+    reads are turned off with ``MEMBOUND_SQLITE_FAST=0``."""
+    global _NATIVE
+    if _NATIVE is None:
+        _NATIVE = False
+        if os.environ.get("MEMBOUND_SQLITE_FAST", "1") != "0":
+            with contextlib.suppress(ImportError):
+                from membound import _sqlitearrow
+
+                _NATIVE = _sqlitearrow
+    return _NATIVE or None
+
+
+def _native_kinds(schema: pa.Schema) -> list[int] | None:
+    """The C reader's column kind for each field (the storage class SQLite should hold), or
+    None when a field has a type it does not read (the ADBC path reads the table)."""
+    native = _sqlite_native()
+    if native is None:
+        return None
+    kinds = []
+    for field in schema:
+        t = field.type
+        if pa.types.is_integer(t) or pa.types.is_boolean(t):
+            kinds.append(native.KIND_I64)
+        elif pa.types.is_floating(t):
+            kinds.append(native.KIND_F64)
+        elif pa.types.is_string(t) or _is_temporal_or_exact(t):
+            kinds.append(native.KIND_TEXT)  # dates and decimals are stored as text: cast after
+        elif pa.types.is_binary(t):
+            kinds.append(native.KIND_BLOB)
+        else:
+            return None
+    return kinds
+
+
+def _native_row_bytes(kinds: Sequence[int]) -> int:
+    """A guess at a row's bytes for sizing rowid ranges: 8 a number, 32 a text or blob."""
+    return max(1, sum(8 if kind < 2 else 32 for kind in kinds))
+
+
+def _native_batch(
+    count: int, buffers: Sequence[tuple], schema: pa.Schema, kinds: Sequence[int], native: Any
+) -> pa.RecordBatch:
+    """The C reader's buffers for one batch -> a record batch of ``schema`` (no copy, but for
+    the casts of booleans, dates and decimals)."""
+    raw_types = {native.KIND_I64: pa.int64(), native.KIND_F64: pa.float64(),
+                 native.KIND_TEXT: pa.string(), native.KIND_BLOB: pa.binary()}
+    arrays = []
+    for (validity, nulls, values, offsets), field, kind in zip(buffers, schema, kinds,
+                                                               strict=True):
+        parts = [None if validity is None else pa.py_buffer(validity)]
+        if offsets is not None:
+            parts.append(pa.py_buffer(offsets))
+        parts.append(pa.py_buffer(values))
+        raw = pa.Array.from_buffers(raw_types[kind], count, parts, null_count=nulls)
+        if kind == native.KIND_TEXT:
+            _check_utf8(raw, field)
+        arrays.append(_conform(raw, field))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _check_utf8(array: pa.Array, field: pa.Field) -> None:
+    """SQLite stores whatever bytes it was given as text, and neither C reader checks them."""
+    try:
+        array.validate(full=True)
+    except pa.ArrowInvalid:
+        raise SchemaError(
+            f"column {field.name!r} holds text that is not UTF-8; read it as bytes: "
+            f"CAST({field.name} AS BLOB) in a query"
+        ) from None
 
 
 def _adbc_sqlite() -> Any:
