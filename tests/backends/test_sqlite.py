@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 
 from conftest import require_extension
-
 from membound import (
     ConfigurationError,
     NotFoundError,
