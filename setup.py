@@ -91,6 +91,7 @@ if WANT not in ("0", "no", "false"):
             Extension(
                 f"membound.{name}",
                 [f"src/membound/{name}.c"],
+                depends=["src/membound/_arrowbuf.h"],
                 extra_compile_args=[*cflags, "-O2", "-std=c11"],
                 extra_link_args=ldflags,
             )

@@ -27,6 +27,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include "_arrowbuf.h"
 #include <errno.h>
 #include <mysql.h>
 #include <stdint.h>
@@ -42,64 +44,6 @@ enum { KIND_I64, KIND_U64, KIND_F32, KIND_F64, KIND_DATE, KIND_DATETIME, KIND_TI
 /* The error code for a statement without a result (MySQL's client code CR_NO_RESULT_SET, which
  * libmariadb's headers do not define). */
 #define NO_RESULT_SET 2053
-
-/* -- Buffer: malloc'd memory handed to Python, freed with the object ------------------------ */
-
-typedef struct {
-    PyObject_HEAD
-    char *data;
-    Py_ssize_t size;
-} Buffer;
-
-static void Buffer_dealloc(Buffer *self) {
-    free(self->data);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int Buffer_getbuffer(Buffer *self, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 1, flags);
-}
-
-static PyBufferProcs Buffer_as_buffer = {(getbufferproc)Buffer_getbuffer, NULL};
-
-static PyTypeObject BufferType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "membound._mysqlarrow.Buffer",
-    .tp_basicsize = sizeof(Buffer),
-    .tp_dealloc = (destructor)Buffer_dealloc,
-    .tp_as_buffer = &Buffer_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Memory of one column buffer of one batch (read-only, buffer protocol).",
-};
-
-/* Takes ownership of data (freed here on failure). */
-static PyObject *buffer_new(char *data, Py_ssize_t size) {
-    Buffer *b = PyObject_New(Buffer, &BufferType);
-    if (b == NULL) {
-        free(data);
-        return NULL;
-    }
-    b->data = data;
-    b->size = size;
-    return (PyObject *)b;
-}
-
-/* -- growable memory, used with the GIL released ------------------------------------------- */
-
-typedef struct {
-    char *data;
-    size_t len, cap;
-} Mem;
-
-static int mem_reserve(Mem *m, size_t more) {
-    if (m->len + more <= m->cap) return 0;
-    size_t cap = m->cap ? m->cap : 4096;
-    while (cap < m->len + more) cap *= 2;
-    char *p = realloc(m->data, cap);
-    if (p == NULL) return -1;
-    m->data = p;
-    m->cap = cap;
-    return 0;
-}
 
 /* -- Reader --------------------------------------------------------------------------------- */
 
@@ -254,7 +198,16 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
     Py_BEGIN_ALLOW_THREADS
     ok = mysql_real_connect(self->conn, host, user, password, database, port, unix_socket, 0);
     Py_END_ALLOW_THREADS
-    if (ok == NULL) {
+    /* The read runs in a transaction, as on the other read paths: its snapshot and its
+     * metadata lock last until the reader is closed, so a DROP TABLE waits for it even once
+     * the server has sent the last rows (they may still be in the socket's buffers). */
+    my_bool failed = 1;
+    if (ok != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        failed = mysql_autocommit(self->conn, 0);
+        Py_END_ALLOW_THREADS
+    }
+    if (failed) {
         raise_conn(self);
         return -1;
     }
@@ -478,12 +431,6 @@ static long long append_value(Reader *self, unsigned int i, size_t row) {
     }
 }
 
-static PyObject *take(Mem *m) {
-    PyObject *b = buffer_new(m->data, (Py_ssize_t)m->len);
-    m->data = NULL;
-    m->len = m->cap = 0;
-    return b;
-}
 
 /* fetch(max_rows, max_bytes) -> (rows, [(validity or None, nulls, values, offsets or None)])
  * for the next rows, or None once the result has ended. */

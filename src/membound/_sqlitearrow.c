@@ -26,6 +26,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include "_arrowbuf.h"
 #include <sqlite3.h>
 #include <stdint.h>
 #include <string.h>
@@ -33,61 +35,6 @@
 enum { KIND_I64, KIND_F64, KIND_TEXT, KIND_BLOB };
 enum { STATUS_MORE, STATUS_END, STATUS_MISMATCH, STATUS_LARGE };
 #define MAX_OFFSET 0x7fffffffLL
-
-/* -- Buffer: malloc'd memory handed to Python, freed with the object ------------------------ */
-
-typedef struct {
-    PyObject_HEAD
-    char *data;
-    Py_ssize_t size;
-} Buffer;
-
-static void Buffer_dealloc(Buffer *self) {
-    free(self->data);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int Buffer_getbuffer(Buffer *self, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 1, flags);
-}
-
-static PyBufferProcs Buffer_as_buffer = {(getbufferproc)Buffer_getbuffer, NULL};
-
-static PyTypeObject BufferType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "membound._sqlitearrow.Buffer",
-    .tp_basicsize = sizeof(Buffer),
-    .tp_dealloc = (destructor)Buffer_dealloc,
-    .tp_as_buffer = &Buffer_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Memory of one column buffer of one batch (read-only, buffer protocol).",
-};
-
-typedef struct {
-    char *data;
-    size_t len, cap;
-} Mem;
-
-static int mem_reserve(Mem *m, size_t more) {
-    if (m->len + more <= m->cap) return 0;
-    size_t cap = m->cap ? m->cap : 4096;
-    while (cap < m->len + more) cap *= 2;
-    char *p = realloc(m->data, cap);
-    if (p == NULL) return -1;
-    m->data = p;
-    m->cap = cap;
-    return 0;
-}
-
-/* A Python object owning m's memory (m is left empty). */
-static PyObject *take(Mem *m) {
-    Buffer *b = PyObject_New(Buffer, &BufferType);
-    if (b == NULL) return NULL;
-    b->data = m->data;
-    b->size = (Py_ssize_t)m->len;
-    m->data = NULL;
-    m->len = m->cap = 0;
-    return (PyObject *)b;
-}
 
 /* -- Reader --------------------------------------------------------------------------------- */
 

@@ -1001,3 +1001,41 @@ def test_native_reader_closes_its_connection_on_bad_sql(mysql_url, my):
         with pytest.raises(QueryError):
             list(db.batches("SELECT nope FROM DUAL"))
         assert not any(type(c).__module__ == "membound._mysqlarrow" for c in db._open)
+
+
+def test_native_reader_holds_its_snapshot_until_closed(mysql_url, my, my_tables):
+    """The read runs in a transaction: a DROP TABLE waits for it even when the server has sent
+    the whole (small) result already and only the client is still reading."""
+    import threading
+
+    name = my_tables()
+    fill_numbers(my, name, 3000)
+    dropped = threading.Event()
+
+    def drop() -> None:
+        other = pymysql.connect(**_plain_args(mysql_url))
+        try:
+            with other.cursor() as cursor:
+                cursor.execute(f"DROP TABLE {name}")
+        finally:
+            other.close()
+        dropped.set()
+
+    with open_backend(native_url(mysql_url), budget="1MB") as db:
+        stream = db.batches(name)
+        rows = next(stream).num_rows
+        time.sleep(0.3)  # the server is done sending
+        dropper = threading.Thread(target=drop)
+        dropper.start()
+        time.sleep(0.5)
+        assert not dropped.is_set()
+        rows += sum(b.num_rows for b in stream)
+    dropper.join(10)
+    assert rows == 3000 and dropped.is_set()
+
+
+def _plain_args(mysql_url: str) -> dict:
+    parts = urlsplit(mysql_url)
+    return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 3306,
+            "user": parts.username or "root", "password": parts.password or "",
+            "database": parts.path.lstrip("/"), "autocommit": True}
