@@ -454,7 +454,8 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
         size_t width = c->kind == KIND_F32 || c->kind == KIND_DATE ? 4 : 8;
         per_row += width;
         /* start where the last batch ended, so a batch rarely grows its buffers */
-        size_t want = c->hint_values ? c->hint_values : (size_t)max_rows * width;
+        size_t want = c->hint_values ? c->hint_values + c->hint_values / 8
+                                     : (size_t)max_rows * width;
         if (want > (size_t)max_bytes) want = (size_t)max_bytes;
         if (mem_reserve(&c->values, want) ||
             mem_reserve(&c->validity, (size_t)max_rows / 8 + 1) ||

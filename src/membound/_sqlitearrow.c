@@ -258,7 +258,7 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
         c->validity.len = 0;
         c->values.len = 0;
         c->offsets.len = 0;
-        size_t want = c->hint ? c->hint
+        size_t want = c->hint ? c->hint + c->hint / 8
                               : (size_t)max_rows * (c->kind <= KIND_F64 ? 8 : 16);
         if (want > (size_t)max_bytes + 4096) want = (size_t)max_bytes + 4096;
         if (mem_reserve(&c->values, want) ||
