@@ -8,7 +8,12 @@
 #define MEMBOUND_ARROWBUF_H
 
 #include <Python.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* The largest offset of a variable-width column in one batch (Arrow's int32 offsets). */
+#define MEMBOUND_MAX_OFFSET 0x7fffffffLL
 
 /* -- Buffer: malloc'd memory handed to Python, freed with the object ------------------------ */
 
@@ -71,6 +76,98 @@ static PyObject *take(Mem *m) {
     m->data = NULL;
     m->len = m->cap = 0;
     return (PyObject *)b;
+}
+
+/* -- one column's buffers for the batch being filled --------------------------------------- */
+
+typedef struct {
+    Mem validity, values, offsets;
+    size_t nulls;
+    size_t hint; /* bytes of values in the last batch: the next one starts there */
+} Out;
+
+static void out_free(Out *o) {
+    free(o->validity.data);
+    free(o->values.data);
+    free(o->offsets.data);
+}
+
+/* Ready for a batch of up to max_rows rows: room for the values the last batch had and an
+ * eighth more (`first` bytes before any batch), at most `cap`; offsets when `variable`. */
+static int out_begin(Out *o, size_t max_rows, size_t first, size_t cap, int variable) {
+    o->nulls = 0;
+    o->validity.len = o->values.len = o->offsets.len = 0;
+    size_t want = o->hint ? o->hint + o->hint / 8 : first;
+    if (want > cap) want = cap;
+    if (mem_reserve(&o->values, want) || mem_reserve(&o->validity, max_rows / 8 + 1)) return -1;
+    if (variable) {
+        if (mem_reserve(&o->offsets, 4 * (max_rows + 1))) return -1;
+        memset(o->offsets.data, 0, 4);
+        o->offsets.len = 4;
+    }
+    return 0;
+}
+
+/* Row `row`'s validity bit (rows are appended in order from 0). */
+static int out_valid(Out *o, size_t row, int valid) {
+    if ((row & 7) == 0) {
+        if (mem_reserve(&o->validity, 1)) return -1;
+        o->validity.data[o->validity.len++] = 0;
+    }
+    if (valid) {
+        o->validity.data[row >> 3] |= (char)(1 << (row & 7));
+    } else {
+        o->nulls++;
+    }
+    return 0;
+}
+
+/* A fixed-width value of `width` bytes (zeros for a NULL: pass v == NULL). */
+static int out_fixed(Out *o, const void *v, size_t width) {
+    if (mem_reserve(&o->values, width)) return -1;
+    if (v != NULL) {
+        memcpy(o->values.data + o->values.len, v, width);
+    } else {
+        memset(o->values.data + o->values.len, 0, width);
+    }
+    o->values.len += width;
+    return 0;
+}
+
+/* Where the next variable-width value's n bytes go: NULL without memory (*too_big set when the
+ * batch's values would pass 2 GiB). Finish it with out_bytes_done(o, n). */
+static char *out_bytes_at(Out *o, size_t n, int *too_big) {
+    *too_big = (long long)(o->values.len + n) > MEMBOUND_MAX_OFFSET;
+    if (*too_big || mem_reserve(&o->values, n) || mem_reserve(&o->offsets, 4)) return NULL;
+    return o->values.data + o->values.len;
+}
+
+static void out_bytes_done(Out *o, size_t n) {
+    o->values.len += n;
+    int32_t end = (int32_t)o->values.len;
+    memcpy(o->offsets.data + o->offsets.len, &end, 4);
+    o->offsets.len += 4;
+}
+
+/* The batch's buffers handed to Python: (validity or None, nulls, values, offsets or None). */
+static PyObject *out_take(Out *o, int variable) {
+    o->hint = o->values.len;
+    PyObject *validity;
+    if (o->nulls) {
+        validity = take(&o->validity);
+    } else {
+        o->validity.len = 0;
+        validity = Py_NewRef(Py_None);
+    }
+    PyObject *values = take(&o->values);
+    PyObject *offsets = variable ? take(&o->offsets) : Py_NewRef(Py_None);
+    PyObject *item = (validity && values && offsets)
+                         ? Py_BuildValue("(OnOO)", validity, (Py_ssize_t)o->nulls, values, offsets)
+                         : NULL;
+    Py_XDECREF(validity);
+    Py_XDECREF(values);
+    Py_XDECREF(offsets);
+    return item;
 }
 
 #endif

@@ -40,7 +40,6 @@ enum { KIND_I64, KIND_U64, KIND_F32, KIND_F64, KIND_DATE, KIND_DATETIME, KIND_TI
 /* Bytes a text/blob value may take in its column's staging buffer before it is fetched on its
  * own (mysql_stmt_fetch_column). Most values fit; a wider one costs a second call. */
 #define STAGE_BYTES 1024
-#define MAX_OFFSET 0x7fffffffLL
 /* The error code for a statement without a result (MySQL's client code CR_NO_RESULT_SET, which
  * libmariadb's headers do not define). */
 #define NO_RESULT_SET 2053
@@ -61,10 +60,7 @@ typedef struct {
     unsigned long length;
     my_bool is_null;
     my_bool error;
-    /* the batch being filled */
-    Mem validity, values, offsets;
-    size_t nulls;
-    size_t hint_values; /* the last batch's sizes: the next one starts there */
+    Out out; /* the batch being filled */
 } Column;
 
 typedef struct {
@@ -108,9 +104,7 @@ static void columns_free(Reader *self) {
         for (unsigned int i = 0; i < self->ncols; i++) {
             Column *c = &self->cols[i];
             free(c->stage);
-            free(c->validity.data);
-            free(c->values.data);
-            free(c->offsets.data);
+            out_free(&c->out);
         }
         free(self->cols);
         self->cols = NULL;
@@ -342,22 +336,15 @@ static int valid_date(const MYSQL_TIME *t) {
     return t->day <= last;
 }
 
-/* Appends the current row's value of column c; returns the bytes it adds, or -1 (no memory). */
+/* Appends the current row's value of column i; returns the bytes it adds, or -1 (no memory),
+ * -2 (past 2 GiB in the batch), -3 (the value's second fetch failed). */
 static long long append_value(Reader *self, unsigned int i, size_t row) {
     Column *c = &self->cols[i];
+    Out *o = &c->out;
     int null = c->is_null;
-    long long added = 0;
     if (!null && (c->kind == KIND_DATE || c->kind == KIND_DATETIME) && !valid_date(&c->value.t))
         null = 1; /* zero dates (0000-00-00) and dates no calendar has */
-    if ((row & 7) == 0) {
-        if (mem_reserve(&c->validity, 1)) return -1;
-        c->validity.data[c->validity.len++] = 0;
-    }
-    if (!null) {
-        c->validity.data[row >> 3] |= (char)(1 << (row & 7));
-    } else {
-        c->nulls++;
-    }
+    if (out_valid(o, row, !null)) return -1;
     switch (c->kind) {
     case KIND_I64:
     case KIND_U64:
@@ -365,72 +352,51 @@ static long long append_value(Reader *self, unsigned int i, size_t row) {
     case KIND_DATETIME:
     case KIND_TIME: {
         int64_t v = 0;
-        if (!null) {
-            if (c->kind == KIND_F64) {
-                memcpy(&v, &c->value.d, 8);
-            } else if (c->kind == KIND_DATETIME || c->kind == KIND_TIME) {
-                const MYSQL_TIME *t = &c->value.t;
-                long long days = c->kind == KIND_TIME ? (long long)t->day
-                                                      : days_from_civil(t->year, t->month, t->day);
-                v = ((days * 24 + t->hour) * 60 + t->minute) * 60 + t->second;
-                v = v * 1000000 + t->second_part;
-                if (c->kind == KIND_TIME && t->neg) v = -v;
-            } else {
-                v = c->value.i;
-            }
+        if (c->kind == KIND_F64) {
+            memcpy(&v, &c->value.d, 8);
+        } else if (c->kind == KIND_DATETIME || c->kind == KIND_TIME) {
+            const MYSQL_TIME *t = &c->value.t;
+            long long days = c->kind == KIND_TIME ? (long long)t->day
+                                                  : days_from_civil(t->year, t->month, t->day);
+            v = ((days * 24 + t->hour) * 60 + t->minute) * 60 + t->second;
+            v = v * 1000000 + t->second_part;
+            if (c->kind == KIND_TIME && t->neg) v = -v;
+        } else {
+            v = c->value.i;
         }
-        if (mem_reserve(&c->values, 8)) return -1;
-        memcpy(c->values.data + c->values.len, &v, 8);
-        c->values.len += 8;
-        return 8;
+        return out_fixed(o, null ? NULL : &v, 8) ? -1 : 8;
     }
     case KIND_F32:
+        return out_fixed(o, null ? NULL : &c->value.f, 4) ? -1 : 4;
     case KIND_DATE: {
-        int32_t v = 0;
-        float fv = null ? 0.0f : c->value.f;
-        if (!null && c->kind == KIND_DATE)
-            v = (int32_t)days_from_civil(c->value.t.year, c->value.t.month, c->value.t.day);
-        if (mem_reserve(&c->values, 4)) return -1;
-        if (c->kind == KIND_F32) {
-            memcpy(c->values.data + c->values.len, &fv, 4);
-        } else {
-            memcpy(c->values.data + c->values.len, &v, 4);
-        }
-        c->values.len += 4;
-        return 4;
+        int32_t v = null ? 0
+                         : (int32_t)days_from_civil(c->value.t.year, c->value.t.month,
+                                                    c->value.t.day);
+        return out_fixed(o, &v, 4) ? -1 : 4;
     }
     default: {
         size_t n = null ? 0 : c->length;
-        if (row == 0) {
-            if (mem_reserve(&c->offsets, 4)) return -1;
-            memset(c->offsets.data, 0, 4);
-            c->offsets.len = 4;
-        }
-        if ((long long)(c->values.len + n) > MAX_OFFSET) return -2;
-        if (mem_reserve(&c->values, n) || mem_reserve(&c->offsets, 4)) return -1;
+        int too_big;
+        char *at = out_bytes_at(o, n, &too_big);
+        if (at == NULL) return too_big ? -2 : -1;
         if (n > STAGE_BYTES) {
             /* Wider than its staging buffer: fetched again, straight into the batch. */
             MYSQL_BIND whole;
             memset(&whole, 0, sizeof whole);
             unsigned long got = 0;
             whole.buffer_type = MYSQL_TYPE_BLOB;
-            whole.buffer = c->values.data + c->values.len;
+            whole.buffer = at;
             whole.buffer_length = n;
             whole.length = &got;
             if (mysql_stmt_fetch_column(self->stmt, &whole, i, 0)) return -3;
         } else if (n) {
-            memcpy(c->values.data + c->values.len, c->stage, n);
+            memcpy(at, c->stage, n);
         }
-        c->values.len += n;
-        int32_t end = (int32_t)c->values.len;
-        memcpy(c->offsets.data + c->offsets.len, &end, 4);
-        c->offsets.len += 4;
-        added = (long long)n + 4;
-        return added;
+        out_bytes_done(o, n);
+        return (long long)n + 4;
     }
     }
 }
-
 
 /* fetch(max_rows, max_bytes) -> (rows, [(validity or None, nulls, values, offsets or None)])
  * for the next rows, or None once the result has ended. */
@@ -447,22 +413,13 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
     }
     if (self->ended) Py_RETURN_NONE;
     if (max_rows < 1) max_rows = 1;
-    size_t per_row = 0;
     for (unsigned int i = 0; i < self->ncols; i++) {
         Column *c = &self->cols[i];
-        c->nulls = 0;
         size_t width = c->kind == KIND_F32 || c->kind == KIND_DATE ? 4 : 8;
-        per_row += width;
-        /* start where the last batch ended, so a batch rarely grows its buffers */
-        size_t want = c->hint_values ? c->hint_values + c->hint_values / 8
-                                     : (size_t)max_rows * width;
-        if (want > (size_t)max_bytes) want = (size_t)max_bytes;
-        if (mem_reserve(&c->values, want) ||
-            mem_reserve(&c->validity, (size_t)max_rows / 8 + 1) ||
-            (c->kind == KIND_BYTES && mem_reserve(&c->offsets, 4 * ((size_t)max_rows + 1))))
+        if (out_begin(&c->out, (size_t)max_rows, (size_t)max_rows * width, (size_t)max_bytes,
+                      c->kind == KIND_BYTES))
             return PyErr_NoMemory();
     }
-    (void)per_row;
     self->busy = 1;
     size_t rows = 0;
     long long bytes = 0;
@@ -506,28 +463,7 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
     if (columns == NULL) return NULL;
     for (unsigned int i = 0; i < self->ncols; i++) {
         Column *c = &self->cols[i];
-        if (c->kind == KIND_BYTES && rows == 0) {
-            mem_reserve(&c->offsets, 4);
-            memset(c->offsets.data, 0, 4);
-            c->offsets.len = 4;
-        }
-        c->hint_values = c->values.len;
-        PyObject *validity = NULL;
-        if (c->nulls) {
-            validity = take(&c->validity);
-        } else {
-            c->validity.len = 0;
-            validity = Py_NewRef(Py_None);
-        }
-        PyObject *values = take(&c->values);
-        PyObject *offsets = c->kind == KIND_BYTES ? take(&c->offsets) : Py_NewRef(Py_None);
-        PyObject *item = (validity && values && offsets)
-                             ? Py_BuildValue("(OnOO)", validity, (Py_ssize_t)c->nulls, values,
-                                             offsets)
-                             : NULL;
-        Py_XDECREF(validity);
-        Py_XDECREF(values);
-        Py_XDECREF(offsets);
+        PyObject *item = out_take(&c->out, c->kind == KIND_BYTES);
         if (item == NULL) {
             Py_DECREF(columns);
             return NULL;

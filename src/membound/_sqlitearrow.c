@@ -34,15 +34,12 @@
 
 enum { KIND_I64, KIND_F64, KIND_TEXT, KIND_BLOB };
 enum { STATUS_MORE, STATUS_END, STATUS_MISMATCH, STATUS_LARGE };
-#define MAX_OFFSET 0x7fffffffLL
 
 /* -- Reader --------------------------------------------------------------------------------- */
 
 typedef struct {
     int kind;
-    Mem validity, values, offsets;
-    size_t nulls;
-    size_t hint; /* the last batch's bytes of values: the next one starts there */
+    Out out; /* the batch being filled */
 } Column;
 
 typedef struct {
@@ -68,11 +65,7 @@ static void raise_db(Reader *self, int rc) {
 
 static void columns_free(Reader *self) {
     if (self->cols == NULL) return;
-    for (int i = 0; i < self->ncols; i++) {
-        free(self->cols[i].validity.data);
-        free(self->cols[i].values.data);
-        free(self->cols[i].offsets.data);
-    }
+    for (int i = 0; i < self->ncols; i++) out_free(&self->cols[i].out);
     free(self->cols);
     self->cols = NULL;
 }
@@ -182,29 +175,21 @@ static long long append_row(Reader *self, size_t row) {
     long long added = 0;
     for (int i = 0; i < self->ncols; i++) {
         Column *c = &self->cols[i];
+        Out *o = &c->out;
         int type = sqlite3_column_type(self->stmt, i);
-        if ((row & 7) == 0) {
-            if (mem_reserve(&c->validity, 1)) return -1;
-            c->validity.data[c->validity.len++] = 0;
-        }
-        if (type != SQLITE_NULL) {
-            c->validity.data[row >> 3] |= (char)(1 << (row & 7));
-        } else {
-            c->nulls++;
-        }
+        if (out_valid(o, row, type != SQLITE_NULL)) return -1;
         if (c->kind == KIND_I64 || c->kind == KIND_F64) {
-            if (mem_reserve(&c->values, 8)) return -1;
-            char *at = c->values.data + c->values.len;
-            if (type == SQLITE_NULL) {
-                memset(at, 0, 8);
-            } else if (c->kind == KIND_I64) {
-                int64_t v = sqlite3_column_int64(self->stmt, i);
-                memcpy(at, &v, 8);
-            } else {
-                double v = sqlite3_column_double(self->stmt, i);
-                memcpy(at, &v, 8);
+            int64_t i64 = 0;
+            double f64 = 0;
+            const void *v = NULL;
+            if (type != SQLITE_NULL && c->kind == KIND_I64) {
+                i64 = sqlite3_column_int64(self->stmt, i);
+                v = &i64;
+            } else if (type != SQLITE_NULL) {
+                f64 = sqlite3_column_double(self->stmt, i);
+                v = &f64;
             }
-            c->values.len += 8;
+            if (out_fixed(o, v, 8)) return -1;
             added += 8;
             continue;
         }
@@ -218,18 +203,11 @@ static long long append_row(Reader *self, size_t row) {
             n = (size_t)sqlite3_column_bytes(self->stmt, i);
             if (bytes == NULL && n) return -1; /* SQLite ran out of memory */
         }
-        if (row == 0) {
-            if (mem_reserve(&c->offsets, 4)) return -1;
-            memset(c->offsets.data, 0, 4);
-            c->offsets.len = 4;
-        }
-        if ((long long)(c->values.len + n) > MAX_OFFSET) return -2;
-        if (mem_reserve(&c->values, n) || mem_reserve(&c->offsets, 4)) return -1;
-        if (n) memcpy(c->values.data + c->values.len, bytes, n);
-        c->values.len += n;
-        int32_t end = (int32_t)c->values.len;
-        memcpy(c->offsets.data + c->offsets.len, &end, 4);
-        c->offsets.len += 4;
+        int too_big;
+        char *at = out_bytes_at(o, n, &too_big);
+        if (at == NULL) return too_big ? -2 : -1;
+        if (n) memcpy(at, bytes, n);
+        out_bytes_done(o, n);
         added += (long long)n + 4;
     }
     return added;
@@ -254,16 +232,9 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
     if (max_rows < 1) max_rows = 1;
     for (int i = 0; i < self->ncols; i++) {
         Column *c = &self->cols[i];
-        c->nulls = 0;
-        c->validity.len = 0;
-        c->values.len = 0;
-        c->offsets.len = 0;
-        size_t want = c->hint ? c->hint + c->hint / 8
-                              : (size_t)max_rows * (c->kind <= KIND_F64 ? 8 : 16);
-        if (want > (size_t)max_bytes + 4096) want = (size_t)max_bytes + 4096;
-        if (mem_reserve(&c->values, want) ||
-            mem_reserve(&c->validity, (size_t)max_rows / 8 + 1) ||
-            (c->kind >= KIND_TEXT && mem_reserve(&c->offsets, 4 * ((size_t)max_rows + 1))))
+        if (out_begin(&c->out, (size_t)max_rows,
+                      (size_t)max_rows * (c->kind <= KIND_F64 ? 8 : 16), (size_t)max_bytes + 4096,
+                      c->kind >= KIND_TEXT))
             return PyErr_NoMemory();
     }
     int status = STATUS_MORE, failure = 0, rc = SQLITE_OK;
@@ -317,22 +288,7 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
     PyObject *columns = PyList_New(self->ncols);
     if (columns == NULL) return NULL;
     for (int i = 0; i < self->ncols; i++) {
-        Column *c = &self->cols[i];
-        if (c->kind >= KIND_TEXT && rows == 0) {
-            memset(c->offsets.data, 0, 4);
-            c->offsets.len = 4;
-        }
-        c->hint = c->values.len;
-        PyObject *validity = c->nulls ? take(&c->validity) : Py_NewRef(Py_None);
-        PyObject *values = take(&c->values);
-        PyObject *offsets = c->kind >= KIND_TEXT ? take(&c->offsets) : Py_NewRef(Py_None);
-        PyObject *item = (validity && values && offsets)
-                             ? Py_BuildValue("(OnOO)", validity, (Py_ssize_t)c->nulls, values,
-                                             offsets)
-                             : NULL;
-        Py_XDECREF(validity);
-        Py_XDECREF(values);
-        Py_XDECREF(offsets);
+        PyObject *item = out_take(&self->cols[i].out, self->cols[i].kind >= KIND_TEXT);
         if (item == NULL) {
             Py_DECREF(columns);
             return NULL;
@@ -362,7 +318,8 @@ static PyTypeObject ReaderType = {
     .tp_basicsize = sizeof(Reader),
     .tp_dealloc = (destructor)Reader_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Reader(uri, sql, kinds, max_value, cache_kib=2000): one statement's result, in batches.",
+    .tp_doc = "Reader(uri, sql, kinds, max_value, cache_kib=2000): one statement's result, "
+              "in batches.",
     .tp_methods = Reader_methods,
     .tp_init = (initproc)Reader_init,
     .tp_new = PyType_GenericNew,

@@ -869,10 +869,8 @@ class MySQLBackend(Backend):
                     rows, buffers, converters, schema.names, schema.types
                 )
                 del buffers, got
-                batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                batch = _measured(arrays, schema, sizer, what)
                 del arrays
-                sizer.observe(batch.num_rows, batch.nbytes)
-                sizer.check_memory(f"reading {what[:60]}")
                 produced = True
                 yield batch
                 del batch
@@ -1016,10 +1014,8 @@ class MySQLBackend(Backend):
                         break
                     arrays = _columns_of(rows, columns)
                     del rows
-                batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                batch = _measured(arrays, schema, sizer, what)
                 del arrays
-                sizer.observe(batch.num_rows, batch.nbytes)
-                sizer.check_memory(f"reading {what[:60]}")
                 produced = True
                 yield batch
                 del batch
@@ -1337,6 +1333,14 @@ class MySQLBackend(Backend):
                 rows_committed=committed,
                 resume_after=last_key,
             ) from (None if is_db_error else exc)
+
+
+def _measured(arrays: list[pa.Array], schema: pa.Schema, sizer: Any, what: str) -> pa.RecordBatch:
+    """One read batch, its size told to the sizer and the budget checked."""
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+    sizer.observe(batch.num_rows, batch.nbytes)
+    sizer.check_memory(f"reading {what[:60]}")
+    return batch
 
 
 def _code(exc: BaseException) -> Any:

@@ -708,12 +708,8 @@ class SQLiteBackend(Backend):
             if status == "end":
                 return
             restarts += 1
-            if status == "type" or (restarts > FAST_MAX_RESTARTS
-                                    and rows_read < restarts * FAST_ROWS_PER_RESTART):
-                yield from self._slow_table_batches(
-                    table, schema, budget, has_rowid=True,
-                    after_rowid=after if after is not None else -(2**63), until_rowid=until,
-                )
+            if _give_up(status, restarts, rows_read):
+                yield from self._rows_after(table, schema, budget, after, until)
                 return
             # status == "large": SQLite refused the next row's value (longer than the reader's
             # limit) before loading it; that row goes through blob I/O.
@@ -721,11 +717,19 @@ class SQLiteBackend(Backend):
             if large_rowid is None or (until is not None and large_rowid > until):
                 continue  # deleted meanwhile: go on after it
             trim()  # freed heap back to the OS before a value this size is read
-            yield from self._slow_table_batches(
-                table, schema, budget, has_rowid=True,
-                after_rowid=after if after is not None else -(2**63), until_rowid=large_rowid,
-            )
+            yield from self._rows_after(table, schema, budget, after, large_rowid)
             after = large_rowid
+
+    def _rows_after(
+        self, table: str, schema: pa.Schema, budget: Budget, after: int | None,
+        until: int | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows ``after < rowid <= until`` by the row-by-row path (``after`` None: from the
+        first row; ``until`` None: to the last)."""
+        return self._slow_table_batches(
+            table, schema, budget, has_rowid=True,
+            after_rowid=after if after is not None else -(2**63), until_rowid=until,
+        )
 
     def _native_run(
         self,
@@ -819,19 +823,8 @@ class SQLiteBackend(Backend):
             if status == "end":
                 return
             restarts += 1
-            if status == "type" or (restarts > FAST_MAX_RESTARTS
-                                    and rows_read < restarts * FAST_ROWS_PER_RESTART):
-                # SQLite lets a column hold several types and ADBC types a column by its first
-                # batch; and many large values make restarts cost more than they save. Either
-                # way the row-by-row path reads the rest.
-                yield from self._slow_table_batches(
-                    table,
-                    schema,
-                    budget,
-                    has_rowid=True,
-                    after_rowid=after if after is not None else -(2**63),
-                    until_rowid=until,
-                )
+            if _give_up(status, restarts, rows_read):
+                yield from self._rows_after(table, schema, budget, after, until)
                 return
             # status == "large": the row after `after` holds a held-back value; its rowid came
             # back NULL, so ask for it (a lookup in the rowid b-tree).
@@ -842,10 +835,7 @@ class SQLiteBackend(Backend):
             # Give freed heap back before a value this size is read (a few ms; such rows are
             # rare): otherwise the heap's high-water mark adds to it.
             trim()
-            for batch in self._slow_table_batches(
-                    table, schema, budget, has_rowid=True,
-                    after_rowid=after if after is not None else -(2**63),
-                    until_rowid=large_rowid):
+            for batch in self._rows_after(table, schema, budget, after, large_rowid):
                 # The held-back row's size, from the batch it came in (no second read).
                 width = max(width, batch_nbytes(batch) // max(1, batch.num_rows))
                 yield batch
@@ -1282,6 +1272,15 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
 
 _ADBC: Any = None
 _NATIVE: Any = None
+
+
+def _give_up(status: str, restarts: int, rows_read: int) -> bool:
+    """Whether a fast path hands the rest of its range to the row-by-row path: at a value of
+    another type (SQLite lets a column hold several; ADBC types a column by its first batch),
+    or when restarts around large values come so often that they cost more than they save."""
+    return status == "type" or (
+        restarts > FAST_MAX_RESTARTS and rows_read < restarts * FAST_ROWS_PER_RESTART
+    )
 
 
 def _sqlite_native() -> Any:
