@@ -25,10 +25,10 @@ from setuptools.command.build_ext import build_ext
 WANT = os.environ.get("MEMBOUND_BUILD_EXTENSIONS", "auto").lower()
 
 
-def _mariadb_flags() -> tuple[list[str], list[str]] | None:
-    """Compiler and linker flags for libmariadb, or None when it is not installed."""
-    for command in (["mariadb_config", "--cflags", "--libs"],
-                    ["pkg-config", "--cflags", "--libs", "libmariadb"]):
+def _flags(*commands: list[str]) -> tuple[list[str], list[str]] | None:
+    """Compiler (-I) and linker flags from the first of ``commands`` (a ``*_config`` or
+    ``pkg-config`` call) that answers, or None when none does."""
+    for command in commands:
         if shutil.which(command[0]) is None:
             continue
         try:
@@ -36,9 +36,16 @@ def _mariadb_flags() -> tuple[list[str], list[str]] | None:
         except (OSError, subprocess.CalledProcessError):
             continue
         words = shlex.split(found.replace("\n", " "))
-        return ([w for w in words if w.startswith("-I")],
-                [w for w in words if not w.startswith("-I")])
+        if words:
+            return ([w for w in words if w.startswith("-I")],
+                    [w for w in words if not w.startswith("-I")])
     return None
+
+
+def _mariadb_flags() -> tuple[list[str], list[str]] | None:
+    """libmariadb's flags, or None when it is not installed."""
+    return _flags(["mariadb_config", "--cflags", "--libs"],
+                  ["pkg-config", "--cflags", "--libs", "libmariadb"])
 
 
 class OptionalBuildExt(build_ext):
@@ -65,20 +72,11 @@ class OptionalBuildExt(build_ext):
 
 
 def _sqlite_flags() -> tuple[list[str], list[str]] | None:
-    """Compiler and linker flags for SQLite, or None when its header is not found."""
-    if shutil.which("pkg-config"):
-        try:
-            found = subprocess.run(["pkg-config", "--cflags", "--libs", "sqlite3"],
-                                   capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            found = ""
-        if found.strip():
-            words = shlex.split(found)
-            return ([w for w in words if w.startswith("-I")],
-                    [w for w in words if not w.startswith("-I")])
-    if os.path.exists("/usr/include/sqlite3.h"):
+    """SQLite's flags, or None when its header is not found."""
+    found = _flags(["pkg-config", "--cflags", "--libs", "sqlite3"])
+    if found is None and os.path.exists("/usr/include/sqlite3.h"):
         return [], ["-lsqlite3"]
-    return None
+    return found
 
 
 ext_modules = []

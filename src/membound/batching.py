@@ -19,6 +19,7 @@ __all__ = [
     "batch_to_rows",
     "chunk_rows",
     "estimate_row_size",
+    "from_column_buffers",
     "prepend",
     "rebatch",
     "rows_to_batch",
@@ -38,6 +39,23 @@ PY_ROW_OVERHEAD = 56
 def batch_nbytes(batch: pa.RecordBatch | pa.Table) -> int:
     """Bytes of Arrow data a batch references (slices count only their part)."""
     return int(batch.nbytes)
+
+
+def from_column_buffers(
+    arrow_type: pa.DataType, rows: int, buffers: Sequence[Any], values: Any = None
+) -> pa.Array:
+    """An Arrow array adopting one column's buffers from membound's C readers (no copy).
+
+    ``buffers`` is ``(validity or None, null count, values, offsets or None)`` as their
+    ``fetch()`` hands them over (objects with the buffer protocol); ``values`` replaces the
+    values buffer (a column converted on the way, keeping its validity).
+    """
+    validity, nulls, data, offsets = buffers
+    parts = [None if validity is None else pa.py_buffer(validity)]
+    if offsets is not None and values is None:
+        parts.append(pa.py_buffer(offsets))
+    parts.append(pa.py_buffer(data if values is None else values))
+    return pa.Array.from_buffers(arrow_type, rows, parts, null_count=nulls)
 
 
 def estimate_value_size(value: Any) -> int:

@@ -757,20 +757,23 @@ class MySQLBackend(Backend):
         sizer = self._budget(budget).sizer(conversion=False)
         sql, table = self._select(query_or_table)
         what = query_or_table or self.default_table or ""
-        json_columns: set[str] = set()
+        json_columns: set[str] | None = None
         guarded: dict[str, pa.DataType] = {}
         if self._native is not None and params is None:
             if table is not None:
                 with self._connection() as conn, conn.cursor(self._pymysql.cursors.Cursor) as meta:
                     json_columns = self._json_columns(meta, table)
-            read = self._read_native(sql, json_columns, sizer, what)
+            read = self._read_native(sql, json_columns or set(), sizer, what)
             if (yield from read) is not None:
                 return
+            # The server could not prepare it: the next reader, with the columns known.
         if table is not None and (self._mariadb is not None or self._mysqldb is not None):
             with self._connection() as conn, conn.cursor(self._pymysql.cursors.Cursor) as meta:
-                json_columns = self._json_columns(meta, table)
+                if json_columns is None:
+                    json_columns = self._json_columns(meta, table)
                 if self._mariadb is not None:
                     sql, guarded = self._guarded_select(meta, table, sql)
+        json_columns = json_columns or set()
         if self._mariadb is not None:
             yield from self._read_binary(sql, params, json_columns, guarded, sizer, what)
             return

@@ -32,6 +32,7 @@ from membound.batching import (
     PY_ROW_OVERHEAD,
     PY_VALUE_OVERHEAD,
     batch_nbytes,
+    from_column_buffers,
     infer_type,
     prepend,
 )
@@ -393,10 +394,13 @@ class SQLiteBackend(Backend):
                 declared[name] = infer_type([row[0]]) if row else pa.string()
         schema = pa.schema([_field(name, declared[name], decl) for name, decl, _ in info])
         has_rowid = self._has_rowid(table)
-        fast = _sqlite_native() is not None or _adbc_sqlite() is not None
-        if has_rowid and self.path != ":memory:" and fast:
-            not_null = frozenset(i for i, (_, _, not_null) in enumerate(info) if not_null)
-            return self._fast_table_batches(table, schema, budget, not_null)
+        if has_rowid and self.path != ":memory:":
+            kinds = _native_kinds(schema)
+            if kinds is not None:
+                return self._native_table_batches(table, schema, budget, kinds)
+            if _adbc_sqlite() is not None:
+                not_null = frozenset(i for i, (_, _, not_null) in enumerate(info) if not_null)
+                return self._fast_table_batches(table, schema, budget, not_null)
         return self._slow_table_batches(table, schema, budget, has_rowid=has_rowid)
 
     def _slow_table_batches(
@@ -455,17 +459,7 @@ class SQLiteBackend(Backend):
         """
         names = schema.names
         sizer = budget.sizer(conversion=False)
-        kinds = _native_kinds(schema)
-        readers = min(PARALLEL_READERS, (os.cpu_count() or 1) - 1)
-        if kinds is not None:
-            segments = []
-            if readers > 1 and not self._wal_mode():
-                rows = min(NATIVE_MAX_ROWS, sizer.target_bytes // _native_row_bytes(kinds))
-                segments = self._rowid_segments(table, max(1, rows) * SEGMENT_BATCHES)
-            if len(segments) > 1:
-                return self._parallel_stream(table, schema, budget, [], [], segments, readers,
-                                             kinds=kinds)
-            return self._native_stream(table, schema, budget, sizer, kinds)
+        readers = _readers()
         guarded = [i for i, f in enumerate(schema)
                    if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
         not_null = declared_not_null.intersection(guarded)
@@ -483,6 +477,21 @@ class SQLiteBackend(Backend):
                 )
         return self._fast_stream(table, schema, budget, sizer, guarded, widths,
                                  not_null=not_null)
+
+    def _native_table_batches(
+        self, table: str, schema: pa.Schema, budget: Budget, kinds: list[int]
+    ) -> Iterator[pa.RecordBatch]:
+        """Read a rowid table through membound's C reader (on parallel readers over rowid
+        ranges where the cores allow it); large values by the row-by-row path."""
+        sizer = budget.sizer(conversion=False)
+        readers = _readers()
+        if readers > 1 and not self._wal_mode():
+            rows = min(NATIVE_MAX_ROWS, sizer.target_bytes // _native_row_bytes(kinds))
+            segments = self._rowid_segments(table, max(1, rows) * SEGMENT_BATCHES)
+            if len(segments) > 1:
+                return self._parallel_stream(table, schema, budget, [], [], segments, readers,
+                                             kinds=kinds)
+        return self._native_stream(table, schema, budget, sizer, kinds)
 
     def _wal_mode(self) -> bool:
         row = self._connect(write=False).execute("PRAGMA journal_mode").fetchone()
@@ -1321,7 +1330,13 @@ def _native_kinds(schema: pa.Schema) -> list[int] | None:
 
 def _native_row_bytes(kinds: Sequence[int]) -> int:
     """A guess at a row's bytes for sizing rowid ranges: 8 a number, 32 a text or blob."""
-    return max(1, sum(8 if kind < 2 else 32 for kind in kinds))
+    text = _sqlite_native().KIND_TEXT
+    return max(1, sum(32 if kind >= text else 8 for kind in kinds))
+
+
+def _readers() -> int:
+    """Reader threads for a parallel table read: the cores the consumer's thread leaves."""
+    return min(PARALLEL_READERS, (os.cpu_count() or 1) - 1)
 
 
 def _native_batch(
@@ -1332,13 +1347,8 @@ def _native_batch(
     raw_types = {native.KIND_I64: pa.int64(), native.KIND_F64: pa.float64(),
                  native.KIND_TEXT: pa.string(), native.KIND_BLOB: pa.binary()}
     arrays = []
-    for (validity, nulls, values, offsets), field, kind in zip(buffers, schema, kinds,
-                                                               strict=True):
-        parts = [None if validity is None else pa.py_buffer(validity)]
-        if offsets is not None:
-            parts.append(pa.py_buffer(offsets))
-        parts.append(pa.py_buffer(values))
-        raw = pa.Array.from_buffers(raw_types[kind], count, parts, null_count=nulls)
+    for column, field, kind in zip(buffers, schema, kinds, strict=True):
+        raw = from_column_buffers(raw_types[kind], count, column)
         if kind == native.KIND_TEXT:
             _check_utf8(raw, field)
         arrays.append(_conform(raw, field))
