@@ -5,8 +5,11 @@
   ``pkg-config libmariadb``). Without it MySQL reads go through the Python drivers.
 - ``membound._sqlitearrow`` (SQLite results -> Arrow buffers) needs SQLite's headers and
   library (Debian: ``libsqlite3-dev``). Without it SQLite reads go through ADBC's driver.
+- ``membound._pgarrow`` (PostgreSQL binary COPY -> Arrow buffers) needs libpq with its headers
+  (Debian: ``libpq-dev``; found through ``pkg-config libpq`` or ``pg_config``). Without it
+  PostgreSQL reads go through ADBC's driver.
 
-Both need a C compiler. Without what they need membound installs without them (slower, same
+All need a C compiler. Without what they need membound installs without them (slower, same
 results). ``MEMBOUND_BUILD_EXTENSIONS=0`` skips them on purpose, ``=1`` makes a failed build an
 error.
 """
@@ -79,9 +82,26 @@ def _sqlite_flags() -> tuple[list[str], list[str]] | None:
     return found
 
 
+def _libpq_flags() -> tuple[list[str], list[str]] | None:
+    """libpq's flags, or None when its headers are not found."""
+    found = _flags(["pkg-config", "--cflags", "--libs", "libpq"])
+    if found is not None or shutil.which("pg_config") is None:
+        return found
+    try:
+        include, libdir = subprocess.run(
+            ["pg_config", "--includedir", "--libdir"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return None
+    if not os.path.exists(os.path.join(include, "libpq-fe.h")):
+        return None
+    return [f"-I{include}"], [f"-L{libdir}", "-lpq"]
+
+
 ext_modules = []
 if WANT not in ("0", "no", "false"):
-    for name, flags in (("_mysqlarrow", _mariadb_flags()), ("_sqlitearrow", _sqlite_flags())):
+    for name, flags in (("_mysqlarrow", _mariadb_flags()), ("_sqlitearrow", _sqlite_flags()),
+                        ("_pgarrow", _libpq_flags())):
         if flags is None:
             continue
         cflags, ldflags = flags

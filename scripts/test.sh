@@ -20,6 +20,7 @@ fi
 apt_packages=""
 ldconfig -p | grep -q libleveldb || apt_packages="$apt_packages libleveldb-dev"
 [ -f /usr/include/sqlite3.h ] || apt_packages="$apt_packages libsqlite3-dev"
+[ -f /usr/include/postgresql/libpq-fe.h ] || apt_packages="$apt_packages libpq-dev"
 { [ -f /usr/include/mariadb/mysql.h ] && command -v pkg-config >/dev/null; } || \
   apt_packages="$apt_packages libmariadb-dev pkg-config"
 if [ -n "$apt_packages" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

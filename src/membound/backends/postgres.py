@@ -66,6 +66,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from membound.backends import postgres_native
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
 from membound.batching import LOGICAL_TYPE_KEY, prepend, rebatch
 from membound.budget import Budget
@@ -559,9 +560,9 @@ class _TargetColumn:
         self.ingest_type = ingest_type
 
 
-def libpq_uri(url: ParsedURL) -> str:
+def libpq_uri(url: ParsedURL, **forced: str) -> str:
     """The libpq URI for a parsed URL, with membound's application name and connect timeout
-    (it holds the password: never display it)."""
+    and the ``forced`` options over the URL's (it holds the password: never display it)."""
     from urllib.parse import quote, urlencode
 
     auth = ""
@@ -576,6 +577,7 @@ def libpq_uri(url: ParsedURL) -> str:
     port = f":{url.port}" if url.port else ""
     options = {"application_name": "membound", "connect_timeout": CONNECT_TIMEOUT_S}
     options.update(url.options)
+    options.update(forced)
     return (
         f"postgresql://{auth}{host}{port}/{quote(url.database or '', safe='')}"
         f"?{urlencode(options)}"
@@ -597,11 +599,27 @@ class PostgresBackend(Backend):
 
     def __init__(self, url: ParsedURL, *, budget: Budget | int | str | None = None) -> None:
         super().__init__(url, budget=Budget.coerce(budget))
-        self._dbapi = _import_dbapi()
-        self._idle: list[tuple[Any, float]] = []  # (connection, idle since: time.monotonic())
+        # membound's C reader (postgres_native) reads what it can; ADBC's driver reads the rest
+        # and writes. ADBC is loaded on first use: a read of plain types never loads it.
+        self._native = postgres_native.import_native()
+        self._dbapi_module: Any = None if self._native is not None else _import_dbapi()
+        # Idle connections, (connection, idle since: time.monotonic()): ADBC's, the C reader's.
+        self._idle: list[tuple[Any, float]] = []
+        self._native_idle: list[tuple[Any, float]] = []
         self._open: list[Any] = []
         # Connect now, so a wrong URL fails where it is opened rather than at first use.
-        self._idle.append((self._connect(), time.monotonic()))
+        native = self._native is not None
+        self._pool(native).append((self._connect(native=native), time.monotonic()))
+
+    @property
+    def _dbapi(self) -> Any:
+        """ADBC's driver behind a DB-API-like cursor, imported on first use."""
+        if self._dbapi_module is None:
+            self._dbapi_module = _import_dbapi()
+        return self._dbapi_module
+
+    def _pool(self, native: bool) -> list[tuple[Any, float]]:
+        return self._native_idle if native else self._idle
 
     # connections
 
@@ -610,35 +628,50 @@ class PostgresBackend(Backend):
         """The libpq URI handed to ADBC (with the password: never display it)."""
         return libpq_uri(self.url)
 
-    def _connect(self) -> Any:
-        try:
-            conn = self._dbapi.connect(self.uri)
-        except self._dbapi.Error as exc:
-            message = _first_line(exc)
-            where = f"{self.url.host or 'localhost'}:{self.url.port or 5432}"
-            if _NO_DATABASE.search(str(exc)):
-                raise NotFoundError(
-                    f"database {self.url.database!r} does not exist on {where} "
-                    f"({self.url.display}); create it or fix the URL"
-                ) from None
-            if _AUTH_FAILED.search(str(exc)):
-                raise SourceError(
-                    f"PostgreSQL at {where} refused the login ({self.url.display}): {message}; "
-                    "check the user name and password in the URL"
-                ) from None
-            raise SourceError(
-                f"cannot connect to PostgreSQL at {where} ({self.url.display}): {message}; "
-                "check that the server is running and the user, password and database are right"
-            ) from None
+    def _connect(self, *, native: bool = False) -> Any:
+        """A new connection: the C reader's (``native``) or ADBC's."""
+        if native:
+            try:
+                # The C reader writes text into Arrow strings as the server sends it: UTF-8.
+                conn = postgres_native.NativeConnection(
+                    self._native, libpq_uri(self.url, client_encoding="UTF8")
+                )
+            except postgres_native.NativeError as exc:
+                raise self._connect_error(exc) from None
+        else:
+            dbapi = self._dbapi
+            try:
+                conn = dbapi.connect(self.uri)
+            except dbapi.Error as exc:
+                raise self._connect_error(exc) from None
         self._open.append(conn)
         return conn
 
+    def _connect_error(self, exc: Exception) -> Exception:
+        message = _first_line(exc)
+        where = f"{self.url.host or 'localhost'}:{self.url.port or 5432}"
+        if _NO_DATABASE.search(str(exc)):
+            return NotFoundError(
+                f"database {self.url.database!r} does not exist on {where} "
+                f"({self.url.display}); create it or fix the URL"
+            )
+        if _AUTH_FAILED.search(str(exc)):
+            return SourceError(
+                f"PostgreSQL at {where} refused the login ({self.url.display}): {message}; "
+                "check the user name and password in the URL"
+            )
+        return SourceError(
+            f"cannot connect to PostgreSQL at {where} ({self.url.display}): {message}; "
+            "check that the server is running and the user, password and database are right"
+        )
+
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """A connection for one operation: pooled when it ends cleanly, closed when it fails."""
+    def _connection(self, *, native: bool = False) -> Iterator[Any]:
+        """A connection for one operation (the C reader's when ``native``): pooled when it ends
+        cleanly, closed when it fails."""
         if self.closed:
             raise ConfigurationError(f"{self!r} is closed")
-        conn = self._checkout()
+        conn = self._checkout(native)
         try:
             yield conn
         except BaseException:
@@ -646,22 +679,26 @@ class PostgresBackend(Backend):
             raise
         try:
             conn.rollback()  # ends the read's transaction; writes have committed already
-        except self._dbapi.Error:
+        except Exception:  # noqa: BLE001 - ADBC's or the C reader's error: not reused either way
             self._discard(conn)
             return
-        if len(self._idle) < MAX_IDLE_CONNECTIONS and not self.closed:
-            self._idle.append((conn, time.monotonic()))
+        idle = self._pool(native)
+        if len(idle) < MAX_IDLE_CONNECTIONS and not self.closed:
+            idle.append((conn, time.monotonic()))
         else:
             self._discard(conn)
 
-    def _checkout(self) -> Any:
+    def _checkout(self, native: bool = False) -> Any:
         """An idle connection that still works, else a new one."""
-        while self._idle:
-            conn, since = self._idle.pop()
-            if time.monotonic() - since < POOL_CHECK_AFTER_IDLE_S or self._alive(conn):
+        idle = self._pool(native)
+        while idle:
+            conn, since = idle.pop()
+            if time.monotonic() - since < POOL_CHECK_AFTER_IDLE_S or (
+                conn.alive() if native else self._alive(conn)
+            ):
                 return conn
             self._discard(conn)  # ended by the server meanwhile (a restart, a kill)
-        return self._connect()
+        return self._connect(native=native)
 
     def _alive(self, conn: Any) -> bool:
         try:
@@ -686,6 +723,7 @@ class PostgresBackend(Backend):
         for conn in list(self._open):
             self._discard(conn)
         self._idle.clear()
+        self._native_idle.clear()
         super().close()
 
     def _lost(self, exc: BaseException) -> bool:
@@ -742,6 +780,8 @@ class PostgresBackend(Backend):
         sizer = self._budget(budget).sizer(conversion=False)
         sql = self._select(query_or_table, params)
         what = query_or_table or self.default_table or ""
+        if self._native is not None and (yield from self._read_native(sql, sizer, what)):
+            return
         with self._connection() as conn:
             cursor = conn.cursor(adbc_stmt_kwargs={_BATCH_HINT_OPTION: str(sizer.target_bytes)})
             reader = None
@@ -789,8 +829,74 @@ class PostgresBackend(Backend):
                 with contextlib.suppress(Exception):
                     cursor.close()
 
+    def _read_native(self, sql: str, sizer: Any, what: str) -> Iterator[pa.RecordBatch]:
+        """The read of :meth:`batches` through membound's C reader (:mod:`postgres_native`).
+        Returns True once the result is read; None, before any batch, when a column's type is
+        one the C reader does not decode (the caller reads it through ADBC)."""
+        NativeError = postgres_native.NativeError  # noqa: N806
+        with self._connection(native=True) as conn:
+            copying = finished = False
+            try:
+                try:
+                    # In a transaction, as on ADBC's path: the locks the description takes hold
+                    # until the COPY has run, so the columns cannot change in between.
+                    conn.exec("BEGIN")
+                    read_plan = postgres_native.plan(self._native, conn.describe(sql))
+                    if read_plan is None:
+                        return None
+                    conn.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)", read_plan.columns)
+                except NativeError as exc:
+                    raise self._read_error(exc, what) from None
+                copying = True
+                produced = False
+                rows_read = 0
+                while True:
+                    try:
+                        got = conn.fetch(sizer.rows_per_batch, sizer.target_bytes)
+                    except NativeError as exc:
+                        if exc.column >= 0:
+                            raise postgres_native.value_error(exc, read_plan.schema) from None
+                        if self._lost(exc):
+                            raise self._lost_error(
+                                exc, f"reading {what[:200]!r} after {rows_read} rows"
+                            ) from None
+                        raise self._read_error(exc, what) from None
+                    if got is None:
+                        break
+                    rows, buffers = got
+                    if rows == 0:
+                        continue  # the COPY's end, found at the start of a fetch
+                    batch = postgres_native.to_batch(rows, buffers, read_plan, conn.check_text)
+                    del buffers, got
+                    rows_read += rows
+                    sizer.observe(batch.num_rows, batch.nbytes)
+                    sizer.check_memory(f"reading {what[:60]}")
+                    produced = True
+                    yield batch
+                    del batch
+                if not produced:
+                    yield empty_batch(read_plan.schema)
+                finished = True
+                return True
+            finally:
+                if copying and not finished:
+                    # Abandoned or failed mid-result: have the server stop the COPY now (the
+                    # connection is then closed, not pooled).
+                    with contextlib.suppress(Exception):
+                        conn.cancel()
+
     def schema(self, query_or_table: str | None = None) -> pa.Schema:
         sql = self._select(query_or_table, None)
+        if self._native is not None:
+            with self._connection(native=True) as conn:
+                try:
+                    read_plan = postgres_native.plan(self._native, conn.describe(sql))
+                except postgres_native.NativeError as exc:
+                    raise self._read_error(
+                        exc, query_or_table or self.default_table or ""
+                    ) from None
+            if read_plan is not None:
+                return read_plan.schema
         with self._connection() as conn:
             cursor = conn.cursor()
             try:
@@ -803,6 +909,14 @@ class PostgresBackend(Backend):
         target = query_or_table or self.default_table
         if not target or is_query(target):
             return None
+        if self._native is not None:
+            with self._connection(native=True) as conn:
+                rows = conn.exec(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
+                    f"{text_literal(qualified(*split_table_name(target)))})"
+                )
+            value = rows[0][0] if rows else None
+            return int(value) if value is not None and int(value) >= 0 else None
         with self._connection() as conn:
             cursor = conn.cursor()
             try:

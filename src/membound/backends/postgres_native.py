@@ -1,0 +1,218 @@
+"""membound's own PostgreSQL reader (the C extension ``membound._pgarrow``), Python side.
+
+The extension streams ``COPY (query) TO STDOUT (FORMAT binary)`` into Arrow column buffers with
+the GIL released (see the C source's header for why by hand). This module decides which results
+it reads (:func:`plan`: every column of a type it decodes, else the backend reads through ADBC),
+turns its buffers into batches, and wraps its connection for the backend's pool.
+
+The Arrow types are those the ADBC path gives after :class:`membound.backends.postgres._ReadPlan`
+(``numeric(p,s)`` -> ``decimal128(p,s)``, unconstrained numeric -> ``decimal128(38,10)`` rounded
+half-even, json/jsonb/uuid -> strings marked with ``membound.type``), so a result has the same
+schema whichever path reads it; ``tests/backends/test_postgres_native.py`` holds them to that.
+Where ADBC's driver hands on a wrong value (an infinite date or timestamp comes out as a date
+thousands of years off), this reader raises :class:`SchemaError` naming the column.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from membound.batching import LOGICAL_TYPE_KEY, from_column_buffers
+from membound.errors import SchemaError
+
+__all__ = ["NativeError", "NativeConnection", "Plan", "import_native", "plan"]
+
+JSON_METADATA = {LOGICAL_TYPE_KEY: b"json"}
+UUID_METADATA = {LOGICAL_TYPE_KEY: b"uuid"}
+# Unconstrained numeric, as on the ADBC path (membound.backends.postgres.UNCONSTRAINED_NUMERIC).
+UNCONSTRAINED_NUMERIC = (38, 10)
+# MEMBOUND_PG_READER=adbc reads every result through ADBC's driver (to compare the two paths, or
+# to step around a fault of the C reader).
+READER_ENV = "MEMBOUND_PG_READER"
+
+
+def import_native() -> Any:
+    """The C reader module, or None when it was not built (or ``MEMBOUND_PG_READER=adbc``)."""
+    if os.environ.get(READER_ENV, "").lower() == "adbc":
+        return None
+    try:
+        from membound import _pgarrow
+    except ImportError:
+        return None
+    return _pgarrow
+
+
+class NativeError(Exception):
+    """An error of the C reader: ``sqlstate`` (None for libpq's own), the message, and the index
+    of the column whose value could not be carried (-1 for none)."""
+
+    def __init__(self, sqlstate: str | None, message: str, column: int = -1) -> None:
+        super().__init__(message.strip())
+        self.sqlstate = sqlstate
+        self.column = column
+
+
+def _native_error(exc: BaseException) -> NativeError:
+    args = getattr(exc, "args", ())
+    if len(args) == 3:
+        return NativeError(*args)
+    return NativeError(None, str(exc))
+
+
+class NativeConnection:
+    """One libpq session of the C reader, with the calls the backend's pool makes
+    (``rollback``, ``alive``, ``close``) and its errors as :class:`NativeError`."""
+
+    def __init__(self, module: Any, conninfo: str) -> None:
+        self._module = module
+        try:
+            self.raw = module.Connection(conninfo)
+        except module.Error as exc:
+            raise _native_error(exc) from None
+        # A server whose encoding is SQL_ASCII sends text as stored, whatever its bytes: such
+        # text is checked before it becomes an Arrow string. Every other encoding is converted
+        # to UTF-8 (the client encoding) by the server, which refuses what it cannot convert.
+        self.check_text = (self.raw.parameter("server_encoding") or "").upper() == "SQL_ASCII"
+
+    def exec(self, sql: str) -> list[tuple[str | None, ...]]:
+        try:
+            return self.raw.exec(sql)
+        except self._module.Error as exc:
+            raise _native_error(exc) from None
+
+    def describe(self, sql: str) -> list[tuple[str, int, int]]:
+        try:
+            return self.raw.describe(sql)
+        except self._module.Error as exc:
+            raise _native_error(exc) from None
+
+    def copy(self, sql: str, columns: Sequence[tuple[int, int, int]]) -> None:
+        try:
+            self.raw.copy(sql, columns)
+        except self._module.Error as exc:
+            raise _native_error(exc) from None
+
+    def fetch(self, max_rows: int, max_bytes: int) -> tuple[int, list[Any]] | None:
+        try:
+            return self.raw.fetch(max_rows, max_bytes)
+        except self._module.Error as exc:
+            raise _native_error(exc) from None
+
+    def rollback(self) -> None:
+        self.exec("ROLLBACK")
+
+    def alive(self) -> bool:
+        try:
+            self.exec("SELECT 1")
+        except NativeError:
+            return False
+        return True
+
+    def cancel(self) -> None:
+        self.raw.cancel()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class Plan:
+    """How the C reader reads one result: a (kind, precision, scale) per column, and the Arrow
+    schema its batches have."""
+
+    def __init__(self, columns: list[tuple[int, int, int]], schema: pa.Schema) -> None:
+        self.columns = columns
+        self.schema = schema
+        self.text_columns = [
+            i for i, field in enumerate(schema) if pa.types.is_string(field.type)
+        ]
+
+
+# Type OIDs (pg_type.oid, fixed for the built-in types) -> (kind name, Arrow type, metadata).
+_SIMPLE: dict[int, tuple[str, pa.DataType, dict[bytes, bytes] | None]] = {
+    16: ("KIND_BOOL", pa.bool_(), None),
+    17: ("KIND_BYTES", pa.binary(), None),  # bytea
+    18: ("KIND_BYTES", pa.string(), None),  # "char"
+    19: ("KIND_BYTES", pa.string(), None),  # name
+    20: ("KIND_I64", pa.int64(), None),
+    21: ("KIND_I16", pa.int16(), None),
+    23: ("KIND_I32", pa.int32(), None),
+    25: ("KIND_BYTES", pa.string(), None),  # text
+    26: ("KIND_I32", pa.int32(), None),  # oid, as ADBC reads it
+    114: ("KIND_BYTES", pa.string(), JSON_METADATA),  # json
+    700: ("KIND_F32", pa.float32(), None),
+    701: ("KIND_F64", pa.float64(), None),
+    790: ("KIND_I64", pa.int64(), None),  # money, in cents, as ADBC reads it
+    1042: ("KIND_BYTES", pa.string(), None),  # bpchar
+    1043: ("KIND_BYTES", pa.string(), None),  # varchar
+    1082: ("KIND_DATE", pa.date32(), None),
+    1083: ("KIND_TIME", pa.time64("us"), None),
+    1114: ("KIND_TIMESTAMP", pa.timestamp("us"), None),
+    1184: ("KIND_TIMESTAMP", pa.timestamp("us", tz="UTC"), None),  # timestamptz
+    1186: ("KIND_INTERVAL", pa.month_day_nano_interval(), None),
+    2950: ("KIND_UUID", pa.string(), UUID_METADATA),
+    3802: ("KIND_JSONB", pa.string(), JSON_METADATA),
+}
+_NUMERIC = 1700
+
+
+def plan(module: Any, described: Sequence[tuple[str, int, int]]) -> Plan | None:
+    """The C reader's plan for a result with these (name, type oid, typmod) columns, or None
+    when a column has a type it does not decode (arrays, enums, numeric above 38 digits, ...):
+    ADBC's driver reads that result."""
+    columns: list[tuple[int, int, int]] = []
+    fields: list[pa.Field] = []
+    for name, oid, typmod in described:
+        if oid == _NUMERIC:
+            if typmod < 4:
+                precision, scale = UNCONSTRAINED_NUMERIC
+            else:
+                precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+            if not 1 <= precision <= 38 or scale > precision:
+                return None
+            columns.append((module.KIND_NUMERIC, precision, scale))
+            fields.append(pa.field(name, pa.decimal128(precision, scale)))
+            continue
+        simple = _SIMPLE.get(oid)
+        if simple is None:
+            return None
+        kind, arrow_type, metadata = simple
+        columns.append((getattr(module, kind), 0, 0))
+        fields.append(pa.field(name, arrow_type, metadata=metadata))
+    return Plan(columns, pa.schema(fields))
+
+
+def to_batch(rows: int, buffers: Sequence[Any], read_plan: Plan, check_text: bool) -> pa.RecordBatch:
+    """One fetch()'s buffers as a record batch of the plan's schema (no copy)."""
+    schema = read_plan.schema
+    arrays = [
+        from_column_buffers(field.type, rows, column)
+        for field, column in zip(schema, buffers, strict=True)
+    ]
+    if check_text:
+        for i in read_plan.text_columns:
+            try:
+                arrays[i].validate(full=True)
+            except pa.ArrowInvalid:
+                raise SchemaError(
+                    f"column {schema.field(i).name!r} holds text that is not UTF-8 (the server's "
+                    f"encoding is SQL_ASCII); read it as bytes: convert_to({schema.field(i).name}, "
+                    "'SQL_ASCII') in a query"
+                ) from None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def value_error(exc: NativeError, schema: pa.Schema) -> SchemaError:
+    """A value the C reader could not carry, as :class:`SchemaError` naming its column."""
+    field = schema.field(exc.column)
+    hint = {
+        "decimal": f"cast it in the query, e.g. {field.name}::numeric(76,20) or {field.name}::text",
+        "date": f"cast it in the query, e.g. {field.name}::text, or NULLIF({field.name}, "
+        "'infinity')",
+    }
+    type_name = str(field.type)
+    advice = hint["decimal"] if type_name.startswith("decimal") else hint["date"]
+    return SchemaError(f"column {field.name!r} {exc} ({field.type}); {advice}")
