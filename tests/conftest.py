@@ -213,6 +213,20 @@ def require_extension(name: str) -> None:
 
 
 @pytest.fixture(params=["adbc", "native"])
+def pg_reader(request, monkeypatch) -> str:
+    """Each PostgreSQL read path: ADBC's driver, and membound's C reader. Set through the
+    environment, so child processes (the memory tests) read the same way."""
+    from membound.backends import postgres_native
+
+    if request.param == "native":
+        require_extension("_pgarrow")
+        monkeypatch.delenv(postgres_native.READER_ENV, raising=False)
+    else:
+        monkeypatch.setenv(postgres_native.READER_ENV, "adbc")
+    return request.param
+
+
+@pytest.fixture(params=["adbc", "native"])
 def sqlite_reader(request, monkeypatch) -> str:
     """Each fast SQLite read path: ADBC's driver, and membound's C reader."""
     import membound.backends.sqlite as sqlite_backend

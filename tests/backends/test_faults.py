@@ -159,6 +159,7 @@ def pg_fill(pg, name: str, rows: int = ROWS, width: int = 0) -> None:
     pg.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id)")
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_pg_server_gone_mid_read(postgres_url, pg, pg_tables):
     name = pg_tables()
     pg_fill(pg, name)
@@ -177,6 +178,7 @@ def test_pg_server_gone_mid_read(postgres_url, pg, pg_tables):
     assert eventually(lambda: pg_sessions(pg, app)) == []
 
 
+@pytest.mark.usefixtures("pg_reader")
 @pytest.mark.parametrize("wait_s", [0.0, 1.1])
 def test_pg_pooled_connection_ended_meanwhile_is_replaced(
     postgres_url, pg, pg_tables, monkeypatch, wait_s
@@ -254,6 +256,7 @@ def test_pg_server_gone_mid_replace_leaves_the_old_table(postgres_url, pg, pg_ta
     assert eventually(lambda: pg_sessions(pg, app)) == []
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_pg_source_gone_mid_copy_into_mysql(postgres_url, pg, pg_tables, mysql_url, my, my_tables):
     """The source dies: an append says what it committed, a replace leaves the old table.
 
@@ -304,6 +307,7 @@ def test_pg_source_gone_mid_copy_into_mysql(postgres_url, pg, pg_tables, mysql_u
     assert eventually(lambda: pg_sessions(pg, app)) == []
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_pg_table_dropped_mid_read_waits_for_the_reader(postgres_url, pg, pg_tables):
     """DROP TABLE from another session waits for a running read (the read holds its lock), the
     read gets every row, and the lock goes with the stream: the drop then completes at once."""
@@ -334,6 +338,7 @@ def test_pg_table_dropped_mid_read_waits_for_the_reader(postgres_url, pg, pg_tab
             next(db.batches(name))
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_pg_abandoned_read_releases_its_lock(postgres_url, pg, pg_tables):
     name = pg_tables()
     pg_fill(pg, name)

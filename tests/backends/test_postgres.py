@@ -163,6 +163,7 @@ def test_read_maps_every_type_and_keeps_nulls(url, pg, tables):
     assert json.loads(first["jb"]) == {"k": [1, "😀"]}
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_round_trip_keeps_types_and_values(url, pg, tables):
     source, target = tables(), tables()
     fill_all_types(pg, source)
@@ -233,6 +234,7 @@ def test_uuid_strings_written_into_uuid_column(url, pg, tables):
     ]
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_params_are_inlined_safely(url, pg, tables):
     name = tables()
     pg.execute(f"CREATE TABLE {name} (id int, t text)")
@@ -249,6 +251,7 @@ def test_params_are_inlined_safely(url, pg, tables):
         assert injection == []
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_empty_result_yields_one_empty_batch_with_schema(url, pg, tables):
     name = tables()
     pg.execute(f"CREATE TABLE {name} (id int, u uuid)")
@@ -258,6 +261,7 @@ def test_empty_result_yields_one_empty_batch_with_schema(url, pg, tables):
     assert batches[0].schema.names == ["id", "u"]
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_batches_are_sized_in_bytes(url, pg, tables):
     name = tables()
     pg.execute(
@@ -414,6 +418,7 @@ def test_unknown_user_is_refused_with_the_host(postgres_url):
         open_backend(f"postgresql://mb_no_such_user:pw@{parts}")
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_missing_table_and_bad_sql(url, pg, app_name):
     with open_backend(url) as db:
         with pytest.raises(NotFoundError, match="mb_no_such_table"):
@@ -427,6 +432,7 @@ def test_missing_table_and_bad_sql(url, pg, app_name):
     assert_all_closed(pg, app_name)
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_abandoned_stream_leaves_no_query_or_cursor(url, pg, tables, app_name):
     name = tables()
     pg.execute(f"CREATE TABLE {name} AS SELECT g AS id FROM generate_series(1, 300000) g")
@@ -506,6 +512,7 @@ def read_in_child(
     return int(out[0]), int(out[1])
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_reading_stays_inside_the_budget(postgres_url, big_table):
     rows, peak_above_baseline = read_in_child(postgres_url, big_table, str(MEMORY_BUDGET))
     assert rows == MEMORY_ROWS
@@ -519,6 +526,7 @@ def test_the_memory_workload_would_exceed_the_budget_unbounded(postgres_url, big
     assert peak_above_baseline > 2 * MEMORY_BUDGET
 
 
+@pytest.mark.usefixtures("pg_reader")
 def test_copying_table_to_table_stays_inside_the_budget(postgres_url, big_table, pg):
     """Read and write at once: the write streams every batch through one COPY."""
     target = f"mbtest_copy_{uuid.uuid4().hex[:10]}"

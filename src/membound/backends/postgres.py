@@ -626,7 +626,7 @@ class PostgresBackend(Backend):
     @property
     def uri(self) -> str:
         """The libpq URI handed to ADBC (with the password: never display it)."""
-        return libpq_uri(self.url)
+        return libpq_uri(self.url, client_encoding="UTF8")
 
     def _connect(self, *, native: bool = False) -> Any:
         """A new connection: the C reader's (``native``) or ADBC's."""
@@ -634,7 +634,7 @@ class PostgresBackend(Backend):
             try:
                 # The C reader writes text into Arrow strings as the server sends it: UTF-8.
                 conn = postgres_native.NativeConnection(
-                    self._native, libpq_uri(self.url, client_encoding="UTF8")
+                    self._native, self.uri
                 )
             except postgres_native.NativeError as exc:
                 raise self._connect_error(exc) from None
@@ -866,7 +866,7 @@ class PostgresBackend(Backend):
                     rows, buffers = got
                     if rows == 0:
                         continue  # the COPY's end, found at the start of a fetch
-                    batch = postgres_native.to_batch(rows, buffers, read_plan, conn.check_text)
+                    batch = postgres_native.to_batch(rows, buffers, read_plan)
                     del buffers, got
                     rows_read += rows
                     sizer.observe(batch.num_rows, batch.nbytes)
@@ -936,6 +936,13 @@ class PostgresBackend(Backend):
         message = _first_line(exc)
         if state in ("42P01", "3F000"):
             return NotFoundError(f"{message} in {self.url.display}; check the table name")
+        if state == "22021" or "invalid byte sequence for encoding" in message:
+            # text the server cannot send as UTF-8 (a SQL_ASCII database); ADBC's reader hands
+            # it on without its SQLSTATE
+            return SchemaError(
+                f"{what[:200]!r} holds text that is not UTF-8 ({message}); read such a column "
+                "as bytes, e.g. convert_to(column, 'SQL_ASCII') in a query"
+            )
         if state.startswith(("42", "22", "0A", "21")):
             return QueryError(f"PostgreSQL rejected the query {what[:200]!r}: {message}")
         return SourceError(f"reading {what[:200]!r} from {self.url.display} failed: {message}")

@@ -73,10 +73,9 @@ class NativeConnection:
             self.raw = module.Connection(conninfo)
         except module.Error as exc:
             raise _native_error(exc) from None
-        # A server whose encoding is SQL_ASCII sends text as stored, whatever its bytes: such
-        # text is checked before it becomes an Arrow string. Every other encoding is converted
-        # to UTF-8 (the client encoding) by the server, which refuses what it cannot convert.
-        self.check_text = (self.raw.parameter("server_encoding") or "").upper() == "SQL_ASCII"
+        # Text arrives in the client encoding, UTF-8 (the backend asks for it): the server
+        # converts it and refuses what is not valid, even from a SQL_ASCII database (SQLSTATE
+        # 22021), so the reader does not check it again.
 
     def exec(self, sql: str) -> list[tuple[str | None, ...]]:
         try:
@@ -126,9 +125,6 @@ class Plan:
     def __init__(self, columns: list[tuple[int, int, int]], schema: pa.Schema) -> None:
         self.columns = columns
         self.schema = schema
-        self.text_columns = [
-            i for i, field in enumerate(schema) if pa.types.is_string(field.type)
-        ]
 
 
 # Type OIDs (pg_type.oid, fixed for the built-in types) -> (kind name, Arrow type, metadata).
@@ -185,23 +181,13 @@ def plan(module: Any, described: Sequence[tuple[str, int, int]]) -> Plan | None:
     return Plan(columns, pa.schema(fields))
 
 
-def to_batch(rows: int, buffers: Sequence[Any], read_plan: Plan, check_text: bool) -> pa.RecordBatch:
+def to_batch(rows: int, buffers: Sequence[Any], read_plan: Plan) -> pa.RecordBatch:
     """One fetch()'s buffers as a record batch of the plan's schema (no copy)."""
     schema = read_plan.schema
     arrays = [
         from_column_buffers(field.type, rows, column)
         for field, column in zip(schema, buffers, strict=True)
     ]
-    if check_text:
-        for i in read_plan.text_columns:
-            try:
-                arrays[i].validate(full=True)
-            except pa.ArrowInvalid:
-                raise SchemaError(
-                    f"column {schema.field(i).name!r} holds text that is not UTF-8 (the server's "
-                    f"encoding is SQL_ASCII); read it as bytes: convert_to({schema.field(i).name}, "
-                    "'SQL_ASCII') in a query"
-                ) from None
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
