@@ -15,9 +15,9 @@ import uuid
 import pyarrow as pa
 import pytest
 
+from conftest import require_extension
 from membound.backends.base import open_backend
 from membound.errors import SchemaError
-from conftest import require_extension
 
 psycopg = pytest.importorskip("psycopg")
 pytest.importorskip("adbc_driver_postgresql")
@@ -98,7 +98,8 @@ def test_both_readers_give_the_same_schema_and_values(postgres_url, pg, table, m
     assert first["d"] == dt.date(1, 1, 1) and first["tm"] == dt.time(23, 59, 59, 999999)
     assert first["iv"] == pa.MonthDayNano([-10, -3, 14706789000000])
     assert first["n38"] == decimal.Decimal("-1234567890123456789012345678.0123456789")
-    assert first["n"] == decimal.Decimal("-1E-10") and first["n10"] == decimal.Decimal("99999999.99")
+    assert first["n"] == decimal.Decimal("-1E-10")
+    assert first["n10"] == decimal.Decimal("99999999.99")
     assert first["bc"] == "ab  " and first["vc"] == "" and first["jb"] == '{"a": null}'
     assert second["t"] == "" and second["by"] == b"" and second["b"] is None
     assert all(v is None for k, v in third.items() if k != "id")
@@ -167,7 +168,9 @@ def test_values_arrow_cannot_hold_name_their_column(postgres_url, monkeypatch, e
 
 def test_types_it_does_not_decode_go_through_adbc(postgres_url, pg, table, monkeypatch):
     name = table("id int, a int[], ip inet, e text")
-    pg.execute(f"INSERT INTO {name} VALUES (1, '{{1,NULL}}', '10.0.0.1', 'x'), (2, NULL, NULL, NULL)")
+    pg.execute(
+        f"INSERT INTO {name} VALUES (1, '{{1,NULL}}', '10.0.0.1', 'x'), (2, NULL, NULL, NULL)"
+    )
     got = read(postgres_url, f"SELECT * FROM {name} ORDER BY id", monkeypatch, "native")
     assert got.to_pylist() == [
         {"id": 1, "a": [1, None], "ip": "10.0.0.1/32", "e": "x"},
