@@ -11,15 +11,14 @@ import sys
 
 import membound.cli  # first, as membound's docs say: it tunes pyarrow's allocator before it loads
 
-import adbc_driver_manager  # noqa: F401 (see below)
-import adbc_driver_postgresql  # noqa: F401 (see below)
+import membound._pgarrow  # noqa: F401 (see below)
 
 import pyarrow.parquet  # noqa: F401 (see below)
 from _common import ExportOptions, run_contestant
 
 # isort: on
 
-# The copy loads its driver and pyarrow.parquet lazily; they are imported here so that the import
+# The copy loads its driver (membound's C reader) and pyarrow.parquet lazily; they are imported here so that the import
 # baseline holds the same libraries as the peers' baselines.
 
 
