@@ -48,6 +48,14 @@ def postgres_url() -> str:
     return _server_url(POSTGRES_URL_ENV, POSTGRES_URL_DEFAULT, 5432)
 
 
+@pytest.fixture
+def pg(postgres_url: str):
+    """A plain psycopg connection (autocommit) to the test server, for setting up and checking."""
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(postgres_url.split("?", 1)[0], autocommit=True) as conn:
+        yield conn
+
+
 @pytest.fixture(scope="session")
 def mysql_url() -> str:
     """URL of the test MariaDB/MySQL server; skips (or fails under MEMBOUND_REQUIRE_SERVERS=1)."""

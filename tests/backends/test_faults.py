@@ -95,12 +95,6 @@ class KillAfter:
 
 
 @pytest.fixture
-def pg(postgres_url):
-    with psycopg.connect(postgres_url.split("?", 1)[0], autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
 def pg_tables(pg):
     names: list[str] = []
 

@@ -70,12 +70,6 @@ def read_table(url: str, table: str | None = None) -> list[dict]:
 
 
 @pytest.fixture
-def pg(postgres_url):
-    with psycopg.connect(postgres_url.split("?", 1)[0], autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
 def my(mysql_plain, mysql_url):
     """The PyMySQL connection itself (conftest's plain helper, autocommit)."""
     helper = mysql_plain(mysql_url)

@@ -47,13 +47,6 @@ def url(postgres_url: str, app_name: str) -> str:
 
 
 @pytest.fixture
-def pg(postgres_url: str):
-    """A plain psycopg connection (autocommit) for setting up and checking."""
-    with psycopg.connect(postgres_url.split("?", 1)[0], autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
 def tables(pg):
     """Unique table names for one test; every one handed out is dropped afterwards."""
     names: list[str] = []

@@ -44,12 +44,6 @@ PLAIN_ROW = (
 
 
 @pytest.fixture
-def pg(postgres_url: str):
-    with psycopg.connect(postgres_url.split("?", 1)[0], autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
 def table(pg):
     names: list[str] = []
 
