@@ -559,7 +559,7 @@ static int decode_row(Connection *self, const unsigned char *p, size_t n, size_t
         if (end - p < 4) return FAIL_FORMAT;
         int32_t len = (int32_t)be32(p);
         p += 4;
-        if (len > end - p) return FAIL_FORMAT;
+        if (len < -1 || len > end - p) return FAIL_FORMAT; /* -1 is NULL */
         int rc = append_field(&self->cols[i], row, p, len, added);
         if (rc != OK) {
             *column = i;

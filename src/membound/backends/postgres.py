@@ -1,8 +1,14 @@
-"""PostgreSQL: reads by binary COPY into Arrow (ADBC), writes by binary COPY from Arrow (ADBC).
+"""PostgreSQL: reads by binary COPY into Arrow (membound's C reader, else ADBC), writes by binary
+COPY from Arrow (ADBC).
 
-Why ADBC for both directions. Measured on 2,000,000 rows of the shared ``events`` table (about
-400 MB in PostgreSQL), local server, 2 cores, batches sized for a 64MB budget (4 MB), each path in
-its own process, peak RSS above the post-import baseline:
+Reads. ``COPY (query) TO STDOUT (FORMAT binary)`` decoded by membound's own C reader
+(:mod:`membound.backends.postgres_native`, the extension ``membound._pgarrow``) when every column
+has a type it decodes, by ADBC's driver otherwise. 2M rows of the shared ``events`` table to
+Parquet, 64MB budget, 2 cores (``bench/run.py --case postgres-export``, 2026-12-06): 1.63-1.68 s
+and 1.6 s of CPU through the C reader, 2.70-2.79 s and 3.0-3.1 s through ADBC's, ConnectorX 2.54 s.
+ADBC's reader decodes on the thread that takes the batches; the C reader on the prefetch thread
+with the GIL released, into buffers Arrow adopts without a copy. Earlier measurements that chose
+ADBC over the Python drivers (2M rows, batches for a 64MB budget, peak RSS above baseline):
 
     read  ADBC fetch_record_batch, batch_size_hint_bytes  1.2-1.3 s    20 MB (19 MB, slow consumer)
     read  ConnectorX arrow_stream, batch_size=20000       1.5-1.6 s    30 MB (101 MB, slow consumer:
@@ -11,10 +17,9 @@ its own process, peak RSS above the post-import baseline:
     write ADBC adbc_ingest, one commit per batch          4.4-5.4 s    17 MB
     write psycopg COPY (FORMAT BINARY) with write_row     11.8-14.7 s  24 MB
 
-("slow consumer": 20 ms of sleep per batch; throwaway scripts, to move into bench/.) Through
-this backend at a 32MB budget: read 12 MB above the baseline, read and write into another table
-(``replace``) at once 19 MB (the tests' memory workload; 64 MB batches with the bound lifted go
-to 276 MB).
+("slow consumer": 20 ms of sleep per batch.) Through this backend at a 32MB budget: read 12 MB
+above the baseline, read and write into another table (``replace``) at once 19 MB (the tests'
+memory workload; 64 MB batches with the bound lifted go to 276 MB).
 
 ADBC, but not its DB-API module: ``import adbc_driver_postgresql.dbapi`` imports
 ``pyarrow.dataset``, pandas and polars when installed (146 MB resident against 59 MB for ADBC's
@@ -31,13 +36,14 @@ waited for the server at each batch's end: loading the 2M rows from Parquet (row
 the start for a 64MB budget; in-process, ``membound.copy``). ``append`` and ``upsert`` keep one
 COPY and one commit per batch, which is what lets a failure say how many rows were committed.
 
-ADBC sizes its batches in bytes itself (``adbc.postgresql.batch_size_hint_bytes``) and reads the
-COPY stream only as fast as the consumer takes batches, so it is both the fastest and the only
-path whose memory does not depend on the consumer's speed. ADBC's non-COPY path (queries with
-bind parameters) buffers the whole result, so parameters are never bound: they are rendered as
-literals by psycopg (``psycopg.sql.Literal``) and the query still goes through COPY.
+Both readers size batches in bytes (the C reader in rows and bytes, ADBC through
+``adbc.postgresql.batch_size_hint_bytes``) and read the COPY stream only as fast as the consumer
+takes batches, so their memory does not depend on the consumer's speed. ADBC's non-COPY path
+(queries with bind parameters) buffers the whole result, so parameters are never bound: they are
+rendered as literals by psycopg (``psycopg.sql.Literal``) and the query still goes through COPY.
 
-Types. Reads map PostgreSQL types to Arrow as ADBC does, except:
+Types. Reads map PostgreSQL types to Arrow as ADBC does (the C reader gives the same schema),
+except:
 
 - ``numeric(p,s)`` -> ``decimal128(p,s)`` (``decimal256`` above 38 digits, a string above 76);
   unconstrained ``numeric`` -> ``decimal128(38,10)``, values rounded half-even to 10 decimals
@@ -45,7 +51,7 @@ Types. Reads map PostgreSQL types to Arrow as ADBC does, except:
 - ``json``/``jsonb`` -> ``string`` with field metadata ``membound.type=json``;
 - ``uuid`` -> ``string`` (canonical 36 characters) with field metadata ``membound.type=uuid``:
   every sink (CSV, JSON lines, MySQL, SQLite) takes a string, few take an extension type;
-- any type ADBC has no Arrow type for (``inet``, ``money``, enums of extensions...) -> its text.
+- any type ADBC has no Arrow type for (``inet``, enums of extensions...) -> its text.
 
 Writes create tables from the Arrow schema with the inverse mapping (strings marked json ->
 ``jsonb``, marked uuid -> ``uuid``, ``arrow.json`` -> ``jsonb``, ``arrow.uuid`` and
@@ -585,7 +591,8 @@ def libpq_uri(url: ParsedURL, **forced: str) -> str:
 
 
 class PostgresBackend(Backend):
-    """A PostgreSQL database, read and written by binary COPY through ADBC.
+    """A PostgreSQL database, read by binary COPY through membound's C reader (else ADBC) and
+    written by binary COPY through ADBC.
 
     Memory: reads hold one batch of about ``sizer.target_bytes`` at a time (ADBC sizes it in
     bytes) plus the one being decoded; writes send one batch per COPY. A backend keeps at most
