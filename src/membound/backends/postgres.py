@@ -917,11 +917,14 @@ class PostgresBackend(Backend):
         if not target or is_query(target):
             return None
         if self._native is not None:
-            with self._connection(native=True) as conn:
-                rows = conn.exec(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
-                    f"{text_literal(qualified(*split_table_name(target)))})"
-                )
+            try:
+                with self._connection(native=True) as conn:
+                    rows = conn.exec(
+                        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
+                        f"{text_literal(qualified(*split_table_name(target)))})"
+                    )
+            except postgres_native.NativeError as exc:
+                raise self._read_error(exc, target) from None
             value = rows[0][0] if rows else None
             return int(value) if value is not None and int(value) >= 0 else None
         with self._connection() as conn:
