@@ -17,7 +17,7 @@ import pytest
 
 from conftest import require_extension
 from membound.backends.base import open_backend
-from membound.errors import SchemaError
+from membound.errors import QueryError, SchemaError, SourceError
 
 psycopg = pytest.importorskip("psycopg")
 pytest.importorskip("adbc_driver_postgresql")
@@ -240,3 +240,22 @@ def test_text_that_is_not_utf8_in_a_sql_ascii_database(postgres_url, pg):
             ]
     finally:
         pg.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def test_an_error_mid_stream_after_batches_were_read(postgres_url, pg_reader):
+    """The server fails the COPY after rows went out (a division by zero at row 150,000): the
+    read raises after its first batches, and the backend goes on. ADBC's reader hands on the
+    message without its SQLSTATE, so there it is a SourceError rather than a QueryError."""
+    query = (
+        "SELECT g, 1 / (g - 150000) AS x, repeat('x', 40) AS pad "
+        "FROM generate_series(1, 200000) g"
+    )
+    with open_backend(postgres_url, budget="4MB") as db:
+        stream = db.batches(query)
+        rows = next(stream).num_rows
+        with pytest.raises((QueryError, SourceError), match="division by zero") as caught:
+            for batch in stream:
+                rows += batch.num_rows
+        assert isinstance(caught.value, QueryError if pg_reader == "native" else SourceError)
+        assert 0 < rows < 150000
+        assert list(db.rows("SELECT 2")) == [(2,)]
