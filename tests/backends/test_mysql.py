@@ -224,6 +224,30 @@ def test_params_and_injection(read_url, my, my_tables):
         assert list(db.rows(f"SELECT id FROM {name} WHERE t LIKE 'it%'")) == [(1,)]
 
 
+def test_params_of_every_type(read_url, my, my_tables):
+    """Parameters of each Python type find their row on every read path (the C reader gets them
+    rendered as literals by PyMySQL: quotes, backslashes, NUL bytes and astral characters
+    included)."""
+    name = my_tables()
+    my.execute(
+        f"CREATE TABLE {name} (id INT, t TEXT, b BLOB, d DATETIME(6), n DECIMAL(10,2), f DOUBLE)"
+    )
+    text, blob = "a'b\\c 😀 \"%s\"", b"\x00'\\\xff"
+    when, amount = dt.datetime(2024, 1, 2, 3, 4, 5, 6), decimal.Decimal("1.25")
+    my.execute(
+        f"INSERT INTO {name} VALUES (1, %s, %s, %s, %s, 0.5), (2, NULL, NULL, NULL, NULL, NULL)",
+        (text, blob, when, amount),
+    )
+    query = (
+        f"SELECT id, t FROM {name} WHERE t = %s AND b = %s AND d = %s AND n = %s AND f = %s "
+        "AND id IN %s"
+    )
+    with open_backend(read_url) as db:
+        assert list(db.rows(query, (text, blob, when, amount, 0.5, [1, 2]))) == [(1, text)]
+        assert list(db.rows(f"SELECT id FROM {name} WHERE t <=> %s", [None])) == [(2,)]
+        assert list(db.rows(f"SELECT id FROM {name} WHERE id = %(id)s", {"id": True})) == [(1,)]
+
+
 def test_qmark_translates_membounds_parameter_style():
     from membound.backends.mysql_binary import qmark
 

@@ -759,11 +759,15 @@ class MySQLBackend(Backend):
         what = query_or_table or self.default_table or ""
         json_columns: set[str] | None = None
         guarded: dict[str, pa.DataType] = {}
-        if self._native is not None and params is None:
-            if table is not None:
+        if self._native is not None:
+            native_sql = sql
+            if table is not None or params is not None:
                 with self._connection() as conn, conn.cursor(self._pymysql.cursors.Cursor) as meta:
-                    json_columns = self._json_columns(meta, table)
-            read = self._read_native(sql, json_columns or set(), sizer, what)
+                    if table is not None:
+                        json_columns = self._json_columns(meta, table)
+                    if params is not None:
+                        native_sql = self._literal_sql(meta, sql, params)
+            read = self._read_native(native_sql, json_columns or set(), sizer, what)
             if (yield from read) is not None:
                 return
             # The server could not prepare it: the next reader, with the columns known.
@@ -819,6 +823,14 @@ class MySQLBackend(Backend):
             for n, t in columns
         )
         return f"SELECT {listed} FROM {qualified(schema, name)}", dates
+
+    @staticmethod
+    def _literal_sql(cursor: Any, sql: str, params: Any) -> str:
+        """``sql`` with its parameters rendered as literals by PyMySQL (``mogrify``: what PyMySQL
+        sends for the same call, escaped for the server's ``NO_BACKSLASH_ESCAPES`` mode), for the
+        C reader, which prepares statements without parameters."""
+        mysql_binary.qmark(sql, params)  # membound's errors for a wrong count or a missing name
+        return cursor.mogrify(sql, params)
 
     def _read_native(self, sql, json_columns, sizer, what):
         """The read of :meth:`batches` through membound's C reader (:mod:`mysql_native`), on a
