@@ -97,6 +97,7 @@ typedef struct {
     Column *cols;
     int ncols;
     int copying; /* a COPY's rows are being read */
+    size_t largest; /* the largest row message received: libpq's receive buffer keeps that size */
     int header;  /* its header has been read */
     int busy;
 } Connection;
@@ -628,6 +629,7 @@ static PyObject *Connection_fetch(Connection *self, PyObject *args) {
             lost = 1;
             break;
         }
+        if ((size_t)n > self->largest) self->largest = (size_t)n;
         int rc = decode_row(self, (const unsigned char *)buf, (size_t)n, rows, &bytes, &column);
         PQfreemem(buf);
         if (rc == 1) continue; /* the trailer: PQgetCopyData says -1 next */
@@ -700,6 +702,10 @@ static PyObject *Connection_get_copying(Connection *self, void *Py_UNUSED(closur
     return PyBool_FromLong(self->copying);
 }
 
+static PyObject *Connection_get_largest_message(Connection *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t(self->largest);
+}
+
 static PyObject *Connection_get_backend_pid(Connection *self, void *Py_UNUSED(closure)) {
     if (self->conn == NULL) Py_RETURN_NONE;
     return PyLong_FromLong(PQbackendPID(self->conn));
@@ -742,6 +748,8 @@ static PyGetSetDef Connection_getset[] = {
     {"closed", (getter)Connection_get_closed, NULL, "whether the connection is closed or broken",
      NULL},
     {"copying", (getter)Connection_get_copying, NULL, "whether a COPY is being read", NULL},
+    {"largest_message", (getter)Connection_get_largest_message, NULL,
+     "bytes of the largest row received (libpq's receive buffer never shrinks below it)", NULL},
     {"backend_pid", (getter)Connection_get_backend_pid, NULL,
      "the server process serving this connection (None once closed)", NULL},
     {"transaction", (getter)Connection_get_transaction, NULL,

@@ -10,6 +10,7 @@ import decimal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import pyarrow as pa
@@ -259,3 +260,32 @@ def test_an_error_mid_stream_after_batches_were_read(postgres_url, pg_reader):
         assert isinstance(caught.value, QueryError if pg_reader == "native" else SourceError)
         assert 0 < rows < 150000
         assert list(db.rows("SELECT 2")) == [(2,)]
+
+
+def test_a_connection_that_read_a_large_row_is_not_pooled(postgres_url, pg, table, monkeypatch):
+    """libpq's receive buffer keeps the size of the largest row: such a connection is closed
+    after its read, so the memory goes with it; one that read small rows waits in the pool."""
+    from membound.backends import postgres_native
+
+    name = table("id int, v bytea")
+    big = postgres_native.POOL_MAX_MESSAGE + 1_000_000
+    pg.execute(f"INSERT INTO {name} VALUES (1, 'x'), (2, convert_to(repeat('y', {big}), 'UTF8'))")
+    app = f"mbnative_{uuid.uuid4().hex[:8]}"
+    url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name={app}"
+    monkeypatch.delenv(READER_ENV, raising=False)
+
+    def sessions() -> int:
+        return pg.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [app]
+        ).fetchone()[0]
+
+    with open_backend(url) as db:
+        assert [b.num_rows for b in db.batches(f"SELECT * FROM {name} WHERE id = 1")] == [1]
+        assert sessions() == 1  # pooled
+        rows = sum(b.num_rows for b in db.batches(f"SELECT * FROM {name} ORDER BY id"))
+        assert rows == 2
+        deadline = time.monotonic() + 5
+        while sessions() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sessions() == 0  # closed, not pooled
+        assert list(db.rows("SELECT 3")) == [(3,)]

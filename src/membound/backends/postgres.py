@@ -690,7 +690,11 @@ class PostgresBackend(Backend):
             self._discard(conn)
             return
         idle = self._pool(native)
-        if len(idle) < MAX_IDLE_CONNECTIONS and not self.closed:
+        if (
+            len(idle) < MAX_IDLE_CONNECTIONS
+            and not self.closed
+            and (not native or conn.poolable)
+        ):
             idle.append((conn, time.monotonic()))
         else:
             self._discard(conn)

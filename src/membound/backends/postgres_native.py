@@ -33,6 +33,11 @@ UNCONSTRAINED_NUMERIC = (38, 10)
 # MEMBOUND_PG_READER=adbc reads every result through ADBC's driver (to compare the two paths, or
 # to step around a fault of the C reader).
 READER_ENV = "MEMBOUND_PG_READER"
+# A connection that has received a row larger than this is closed after its read instead of
+# pooled: libpq's receive buffer grows to the largest message and never shrinks, so a pooled
+# connection would keep that memory, outside any budget, for the backend's life. 4 MiB is the
+# batch size of a 64MB budget; a new connection costs a few milliseconds.
+POOL_MAX_MESSAGE = 4 * 1024 * 1024
 
 
 def import_native() -> Any:
@@ -103,6 +108,11 @@ class NativeConnection:
 
     def rollback(self) -> None:
         self.exec("ROLLBACK")
+
+    @property
+    def poolable(self) -> bool:
+        """Whether the connection may wait in the pool (it holds no large receive buffer)."""
+        return self.raw.largest_message <= POOL_MAX_MESSAGE
 
     def alive(self) -> bool:
         try:
