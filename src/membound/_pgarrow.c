@@ -26,6 +26,9 @@
  *   KIND_UUID                         the canonical 36-character text
  *   KIND_NUMERIC                      decimal128 of the column's precision and scale, rounded
  *                                     half-even to the scale
+ *   KIND_LIST                         a one-dimensional array whose first index is 1, of any
+ *                                     kind above but KIND_LIST (int32 offsets and a child
+ *                                     column)
  * A value Arrow's type cannot hold (infinite dates and timestamps, NaN or infinite numerics,
  * numerics wider than the precision) raises Error with the column's index, never a wrong value.
  */
@@ -52,6 +55,7 @@ enum {
     KIND_JSONB,
     KIND_UUID,
     KIND_NUMERIC,
+    KIND_LIST,
     KIND_COUNT
 };
 
@@ -85,11 +89,22 @@ static size_t width_of(int kind) {
 
 /* -- Connection ------------------------------------------------------------------------------ */
 
-typedef struct {
+typedef struct Column {
     int kind;
     int precision, scale; /* KIND_NUMERIC */
     Out out;
+    struct Column *child; /* KIND_LIST: its elements */
+    size_t count;         /* KIND_LIST's child: elements in the batch so far */
 } Column;
+
+static void column_free(Column *c) {
+    out_free(&c->out);
+    if (c->child != NULL) {
+        column_free(c->child);
+        free(c->child);
+        c->child = NULL;
+    }
+}
 
 typedef struct {
     PyObject_HEAD
@@ -129,7 +144,7 @@ static void raise_result(Connection *self, PGresult *res) {
 
 static void columns_free(Connection *self) {
     if (self->cols != NULL) {
-        for (int i = 0; i < self->ncols; i++) out_free(&self->cols[i].out);
+        for (int i = 0; i < self->ncols; i++) column_free(&self->cols[i]);
         free(self->cols);
         self->cols = NULL;
     }
@@ -273,7 +288,8 @@ static PyObject *Connection_describe(Connection *self, PyObject *args) {
 }
 
 /* copy(sql, columns): start `sql` (a COPY ... TO STDOUT (FORMAT binary)) whose result has the
- * given columns, a sequence of (kind, precision, scale). */
+ * given columns, a sequence of (kind, precision, scale[, element kind]); the element kind is
+ * for KIND_LIST. */
 static PyObject *Connection_copy(Connection *self, PyObject *args) {
     const char *sql;
     PyObject *spec;
@@ -290,15 +306,30 @@ static PyObject *Connection_copy(Connection *self, PyObject *args) {
     self->ncols = (int)n;
     for (Py_ssize_t i = 0; i < n; i++) {
         Column *c = &self->cols[i];
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iii", &c->kind, &c->precision,
-                              &c->scale)) {
+        int element = -1;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iii|i", &c->kind, &c->precision,
+                              &c->scale, &element)) {
             Py_DECREF(seq);
             columns_free(self);
             return NULL;
         }
-        if (c->kind < 0 || c->kind >= KIND_COUNT ||
-            (c->kind == KIND_NUMERIC &&
-             (c->precision < 1 || c->precision > 38 || c->scale < 0 || c->scale > c->precision))) {
+        int bad = element >= 0 && c->kind != KIND_LIST;
+        if (c->kind == KIND_LIST) {
+            bad = element < 0 || element >= KIND_LIST;
+            c->child = calloc(1, sizeof(Column));
+            if (c->child == NULL) {
+                Py_DECREF(seq);
+                columns_free(self);
+                return PyErr_NoMemory();
+            }
+            c->child->kind = element;
+            c->child->precision = c->precision;
+            c->child->scale = c->scale;
+        }
+        const Column *v = c->child ? c->child : c;
+        if (bad || v->kind < 0 || v->kind >= KIND_COUNT ||
+            (v->kind == KIND_NUMERIC &&
+             (v->precision < 1 || v->precision > 38 || v->scale < 0 || v->scale > v->precision))) {
             Py_DECREF(seq);
             columns_free(self);
             PyErr_Format(PyExc_ValueError, "column %zd: bad kind, precision or scale", i);
@@ -346,6 +377,8 @@ enum {
     FAIL_NUMERIC,   /* NaN, infinite, or wider than the precision */
     FAIL_INTERVAL,  /* microseconds beyond int64 nanoseconds */
     FAIL_OVERFLOW,  /* a timestamp outside int64 microseconds since 1970 */
+    FAIL_DIMENSIONS, /* an array of more than one dimension */
+    FAIL_BOUND,      /* an array whose first index is not 1 */
 };
 
 static const char *const FAILURES[] = {
@@ -357,6 +390,8 @@ static const char *const FAILURES[] = {
     "holds a numeric value that does not fit",
     "holds an interval too long for Arrow's nanoseconds",
     "holds a timestamp outside the range of Arrow's microseconds",
+    "holds a multi-dimensional array, which a list cannot hold with its shape",
+    "holds an array whose first index is not 1, which a list cannot hold",
 };
 
 static __int128 pow10_128(int n) {
@@ -439,10 +474,57 @@ static int out_bit(Out *o, size_t row, int bit) {
 /* Appends one field (p, len; len -1 for NULL) to column c at `row`; the bytes it adds in
  * *added. */
 static int append_field(Column *c, size_t row, const unsigned char *p, int32_t len,
+                        long long *added);
+
+/* A one-dimensional array (p, len; not NULL) appended as the next list of column c: the
+ * elements go to its child column, the list's end offset to c's offsets. */
+static int append_array(Column *c, const unsigned char *p, int32_t len, long long *added) {
+    Column *child = c->child;
+    const unsigned char *end = p + len;
+    if (len < 12) return FAIL_FORMAT;
+    int32_t ndim = (int32_t)be32(p);
+    p += 12; /* dimensions, has-nulls flag, element type */
+    int32_t n = 0;
+    if (ndim > 1) return FAIL_DIMENSIONS;
+    if (ndim == 1) {
+        if (end - p < 8) return FAIL_FORMAT;
+        n = (int32_t)be32(p);
+        if (n < 0) return FAIL_FORMAT;
+        if ((int32_t)be32(p + 4) != 1) return FAIL_BOUND;
+        p += 8;
+    } else if (ndim != 0) {
+        return FAIL_FORMAT;
+    }
+    for (int32_t k = 0; k < n; k++) {
+        if (end - p < 4) return FAIL_FORMAT;
+        int32_t elen = (int32_t)be32(p);
+        p += 4;
+        if (elen < -1 || elen > end - p) return FAIL_FORMAT;
+        int rc = append_field(child, child->count, p, elen, added);
+        if (rc != OK) return rc;
+        child->count++;
+        if (elen > 0) p += elen;
+    }
+    if (p != end) return FAIL_FORMAT;
+    if (child->count > (size_t)MEMBOUND_MAX_OFFSET) return FAIL_TOO_BIG;
+    return OK;
+}
+
+static int append_field(Column *c, size_t row, const unsigned char *p, int32_t len,
                         long long *added) {
     Out *o = &c->out;
     int null = len < 0;
     if (out_valid(o, row, !null)) return FAIL_MEMORY;
+    if (c->kind == KIND_LIST) {
+        int rc = null ? OK : append_array(c, p, len, added);
+        if (rc != OK) return rc;
+        if (mem_reserve(&o->offsets, 4)) return FAIL_MEMORY;
+        int32_t at = (int32_t)c->child->count;
+        memcpy(o->offsets.data + o->offsets.len, &at, 4);
+        o->offsets.len += 4;
+        *added += 4;
+        return OK;
+    }
     if (is_variable(c->kind)) {
         size_t n = 0;
         if (!null) {
@@ -588,8 +670,35 @@ static int finish_copy(Connection *self, PGresult **failed) {
     return rc;
 }
 
+/* Column c ready for a batch of up to max_rows rows (a list's child for as many elements). */
+static int column_begin(Column *c, size_t max_rows, size_t max_bytes) {
+    if (c->kind == KIND_LIST) {
+        c->child->count = 0;
+        return out_begin(&c->out, max_rows, 0, 0, 1) ||
+               column_begin(c->child, max_rows, max_bytes);
+    }
+    size_t width = c->kind == KIND_BOOL ? 1 : is_variable(c->kind) ? 16 : width_of(c->kind);
+    return out_begin(&c->out, max_rows, max_rows * width, max_bytes, is_variable(c->kind));
+}
+
+/* Column c's batch handed to Python: (validity or None, nulls, values, offsets or None), and for
+ * a list (validity or None, nulls, None, offsets, (its elements' tuple), elements). */
+static PyObject *column_take(Column *c) {
+    if (c->kind != KIND_LIST) return out_take(&c->out, is_variable(c->kind));
+    PyObject *lists = out_take(&c->out, 1);
+    PyObject *elements = lists ? column_take(c->child) : NULL;
+    PyObject *item = NULL;
+    if (elements != NULL) {
+        item = Py_BuildValue("(OOOONn)", PyTuple_GET_ITEM(lists, 0), PyTuple_GET_ITEM(lists, 1),
+                             Py_None, PyTuple_GET_ITEM(lists, 3), elements,
+                             (Py_ssize_t)c->child->count);
+    }
+    Py_XDECREF(lists);
+    return item;
+}
+
 /* fetch(max_rows, max_bytes) -> (rows, [(validity or None, nulls, values, offsets or None)])
- * for the next rows of the COPY, or None once it has ended. */
+ * for the next rows of the COPY, or None once it has ended (lists: see column_take). */
 static PyObject *Connection_fetch(Connection *self, PyObject *args) {
     Py_ssize_t max_rows, max_bytes;
     if (!PyArg_ParseTuple(args, "nn", &max_rows, &max_bytes)) return NULL;
@@ -605,10 +714,7 @@ static PyObject *Connection_fetch(Connection *self, PyObject *args) {
     if (max_rows < 1) max_rows = 1;
     for (int i = 0; i < self->ncols; i++) {
         Column *c = &self->cols[i];
-        size_t width = c->kind == KIND_BOOL ? 1 : is_variable(c->kind) ? 16 : width_of(c->kind);
-        if (out_begin(&c->out, (size_t)max_rows, (size_t)max_rows * width, (size_t)max_bytes,
-                      is_variable(c->kind)))
-            return PyErr_NoMemory();
+        if (column_begin(c, (size_t)max_rows, (size_t)max_bytes)) return PyErr_NoMemory();
     }
     self->busy = 1;
     size_t rows = 0;
@@ -661,7 +767,7 @@ static PyObject *Connection_fetch(Connection *self, PyObject *args) {
     if (columns == NULL) return NULL;
     for (int i = 0; i < self->ncols; i++) {
         Column *c = &self->cols[i];
-        PyObject *item = out_take(&c->out, is_variable(c->kind));
+        PyObject *item = column_take(c);
         if (item == NULL) {
             Py_DECREF(columns);
             return NULL;
@@ -786,7 +892,7 @@ PyMODINIT_FUNC PyInit__pgarrow(void) {
     static const char *names[KIND_COUNT] = {
         "KIND_BOOL", "KIND_I16",      "KIND_I32",   "KIND_I64",  "KIND_F32",
         "KIND_F64",  "KIND_DATE",     "KIND_TIMESTAMP", "KIND_TIME", "KIND_INTERVAL",
-        "KIND_BYTES", "KIND_JSONB",   "KIND_UUID",  "KIND_NUMERIC"};
+        "KIND_BYTES", "KIND_JSONB",   "KIND_UUID",  "KIND_NUMERIC", "KIND_LIST"};
     for (int k = 0; k < KIND_COUNT; k++) {
         if (PyModule_AddIntConstant(m, names[k], k) < 0) {
             Py_DECREF(m);

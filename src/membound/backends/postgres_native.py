@@ -10,7 +10,8 @@ The Arrow types are those the ADBC path gives after :class:`membound.backends.po
 half-even, json/jsonb/uuid -> strings marked with ``membound.type``), so a result has the same
 schema whichever path reads it; ``tests/backends/test_postgres_native.py`` holds them to that.
 Where ADBC's driver hands on a wrong value (an infinite date or timestamp comes out as a date
-thousands of years off), this reader raises :class:`SchemaError` naming the column.
+thousands of years off, a two-dimensional array as one flat list), this reader raises
+:class:`SchemaError` naming the column.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class NativeConnection:
         except self._module.Error as exc:
             raise _native_error(exc) from None
 
-    def copy(self, sql: str, columns: Sequence[tuple[int, int, int]]) -> None:
+    def copy(self, sql: str, columns: Sequence[tuple[int, ...]]) -> None:
         try:
             self.raw.copy(sql, columns)
         except self._module.Error as exc:
@@ -129,10 +130,10 @@ class NativeConnection:
 
 
 class Plan:
-    """How the C reader reads one result: a (kind, precision, scale) per column, and the Arrow
-    schema its batches have."""
+    """How the C reader reads one result: a (kind, precision, scale[, element kind]) per column,
+    and the Arrow schema its batches have."""
 
-    def __init__(self, columns: list[tuple[int, int, int]], schema: pa.Schema) -> None:
+    def __init__(self, columns: list[tuple[int, ...]], schema: pa.Schema) -> None:
         self.columns = columns
         self.schema = schema
 
@@ -163,13 +164,20 @@ _SIMPLE: dict[int, tuple[str, pa.DataType, dict[bytes, bytes] | None]] = {
     3802: ("KIND_JSONB", pa.string(), JSON_METADATA),
 }
 _NUMERIC = 1700
+# Array type OIDs -> their element's OID, for the elements ADBC's path gives as a plain list
+# (arrays of json, jsonb, uuid and numeric come out of it as lists of text: they go there).
+_ARRAYS = {
+    1000: 16, 1001: 17, 1002: 18, 1003: 19, 1005: 21, 1007: 23, 1016: 20, 1009: 25, 1014: 1042,
+    1015: 1043, 1021: 700, 1022: 701, 1028: 26, 1182: 1082, 1183: 1083, 1115: 1114, 1185: 1184,
+    1187: 1186,
+}
 
 
 def plan(module: Any, described: Sequence[tuple[str, int, int]]) -> Plan | None:
     """The C reader's plan for a result with these (name, type oid, typmod) columns, or None
-    when a column has a type it does not decode (arrays, enums, numeric above 38 digits, ...):
-    ADBC's driver reads that result."""
-    columns: list[tuple[int, int, int]] = []
+    when a column has a type it does not decode (enums, ``inet``, numeric above 38 digits, arrays
+    of numeric, json or uuid, ...): ADBC's driver reads that result."""
+    columns: list[tuple[int, ...]] = []
     fields: list[pa.Field] = []
     for name, oid, typmod in described:
         if oid == _NUMERIC:
@@ -181,6 +189,12 @@ def plan(module: Any, described: Sequence[tuple[str, int, int]]) -> Plan | None:
                 return None
             columns.append((module.KIND_NUMERIC, precision, scale))
             fields.append(pa.field(name, pa.decimal128(precision, scale)))
+            continue
+        element = _ARRAYS.get(oid)
+        if element is not None:
+            kind, arrow_type, _ = _SIMPLE[element]
+            columns.append((module.KIND_LIST, 0, 0, getattr(module, kind)))
+            fields.append(pa.field(name, pa.list_(arrow_type)))
             continue
         simple = _SIMPLE.get(oid)
         if simple is None:
@@ -195,10 +209,23 @@ def to_batch(rows: int, buffers: Sequence[Any], read_plan: Plan) -> pa.RecordBat
     """One fetch()'s buffers as a record batch of the plan's schema (no copy)."""
     schema = read_plan.schema
     arrays = [
-        from_column_buffers(field.type, rows, column)
-        for field, column in zip(schema, buffers, strict=True)
+        _array(field.type, rows, column) for field, column in zip(schema, buffers, strict=True)
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _array(arrow_type: pa.DataType, rows: int, column: Sequence[Any]) -> pa.Array:
+    if not pa.types.is_list(arrow_type):
+        return from_column_buffers(arrow_type, rows, column)
+    validity, nulls, _, offsets, elements, count = column
+    child = from_column_buffers(arrow_type.value_type, count, elements)
+    return pa.Array.from_buffers(
+        arrow_type,
+        rows,
+        [None if validity is None else pa.py_buffer(validity), pa.py_buffer(offsets)],
+        null_count=nulls,
+        children=[child],
+    )
 
 
 def value_error(exc: NativeError, schema: pa.Schema) -> SchemaError:
@@ -210,5 +237,8 @@ def value_error(exc: NativeError, schema: pa.Schema) -> SchemaError:
         "'infinity')",
     }
     type_name = str(field.type)
-    advice = hint["decimal"] if type_name.startswith("decimal") else hint["date"]
+    if pa.types.is_list(field.type):
+        advice = f"cast it in the query, e.g. {field.name}::text"
+    else:
+        advice = hint["decimal"] if type_name.startswith("decimal") else hint["date"]
     return SchemaError(f"column {field.name!r} {exc} ({field.type}); {advice}")
