@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from membound.prefetch import ordered_parallel, prefetch
+from membound.prefetch import interruptible, ordered_parallel, prefetch
 
 
 def test_order_and_completeness():
@@ -175,3 +175,36 @@ def test_ordered_parallel_stopping_early_stops_and_closes_every_worker():
     assert threading.active_count() == before
     # The two segments that were open, one per worker, were closed on the workers' threads.
     assert sorted(closed) == [0, 1]
+
+
+def test_a_consumer_that_stops_early_interrupts_a_blocked_read():
+    """The producer blocks (as a driver waiting on a server would) inside interruptible(): a
+    consumer that stops calls its callback, so it need not wait for the block to end."""
+    unblock = threading.Event()
+    calls: list[int] = []
+
+    def source():
+        yield 1
+        with interruptible(lambda: (calls.append(1), unblock.set())):
+            unblock.wait(30)  # the "server" answers only when cancelled
+        yield 2
+
+    start = time.monotonic()
+    stream = prefetch(source())
+    assert next(stream) == 1
+    time.sleep(0.1)  # the producer is now blocked
+    stream.close()
+    assert time.monotonic() - start < 5
+    assert calls == [1]
+
+
+def test_interruptible_callbacks_are_gone_once_the_read_is_done():
+    from membound import prefetch as module
+
+    def source():
+        with interruptible(lambda: None):
+            yield 1
+        yield 2
+
+    assert list(prefetch(source())) == [1, 2]
+    assert module._interrupters == {}

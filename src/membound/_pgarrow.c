@@ -36,7 +36,9 @@
 #include <Python.h>
 
 #include "_arrowbuf.h"
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -287,6 +289,58 @@ static PyObject *Connection_describe(Connection *self, PyObject *args) {
     return fields;
 }
 
+/* How long fetch() waits for the socket before it looks at signals (Ctrl-C), in ms. */
+#define WAIT_SLICE_MS 200
+
+/* 1 when the connection's socket has data, 0 after WAIT_SLICE_MS without, -1 on error. */
+static int wait_readable(PGconn *conn) {
+    struct pollfd p = {.fd = PQsocket(conn), .events = POLLIN};
+    if (p.fd < 0) return -1;
+    int rc = poll(&p, 1, WAIT_SLICE_MS);
+    if (rc < 0) return errno == EINTR ? 0 : -1;
+    return rc > 0 ? 1 : 0;
+}
+
+/* Sends `sql` and waits for its first result, looking at signals every WAIT_SLICE_MS: the
+ * server may compute for minutes before it answers a COPY (its CopyOutResponse is flushed with
+ * the first rows). NULL with an exception set after a Ctrl-C (the statement is cancelled on the
+ * server and the connection is left to be closed), else the result (NULL: see PQerrorMessage). */
+static PGresult *run_interruptibly(Connection *self, const char *sql) {
+    int sent;
+    Py_BEGIN_ALLOW_THREADS
+    sent = PQsendQuery(self->conn, sql);
+    Py_END_ALLOW_THREADS
+    if (!sent) return NULL;
+    for (;;) {
+        int ready = 1;
+        Py_BEGIN_ALLOW_THREADS
+        while (PQisBusy(self->conn)) {
+            ready = wait_readable(self->conn);
+            if (ready <= 0 || !PQconsumeInput(self->conn)) break;
+        }
+        Py_END_ALLOW_THREADS
+        if (ready < 0) break; /* PQgetResult reports the broken connection */
+        if (ready == 0 && PyErr_CheckSignals() < 0) {
+            PGcancel *cancel = PQgetCancel(self->conn);
+            if (cancel != NULL) {
+                char message[256];
+                Py_BEGIN_ALLOW_THREADS
+                PQcancel(cancel, message, sizeof message);
+                Py_END_ALLOW_THREADS
+                PQfreeCancel(cancel);
+            }
+            self->copying = 1; /* not reusable: the caller closes it */
+            return NULL;
+        }
+        if (!PQisBusy(self->conn)) break;
+    }
+    PGresult *res;
+    Py_BEGIN_ALLOW_THREADS
+    res = PQgetResult(self->conn);
+    Py_END_ALLOW_THREADS
+    return res;
+}
+
 /* copy(sql, columns): start `sql` (a COPY ... TO STDOUT (FORMAT binary)) whose result has the
  * given columns, a sequence of (kind, precision, scale[, element kind]); the element kind is
  * for KIND_LIST. */
@@ -337,14 +391,20 @@ static PyObject *Connection_copy(Connection *self, PyObject *args) {
         }
     }
     Py_DECREF(seq);
-    PGresult *res;
-    Py_BEGIN_ALLOW_THREADS
-    res = PQexec(self->conn, sql);
-    Py_END_ALLOW_THREADS
-    if (PQresultStatus(res) != PGRES_COPY_OUT) {
+    PGresult *res = run_interruptibly(self, sql);
+    if (res == NULL && PyErr_Occurred()) return NULL;
+    ExecStatusType status = PQresultStatus(res);
+    if (status != PGRES_COPY_OUT) {
         raise_result(self, res);
         PQclear(res);
-        /* A COPY IN/BOTH would leave the connection waiting for data: not ours to finish. */
+        if (status == PGRES_COPY_IN || status == PGRES_COPY_BOTH) {
+            self->copying = 1; /* waits for data we will not send: the caller closes it */
+            return NULL;
+        }
+        PGresult *more;
+        Py_BEGIN_ALLOW_THREADS
+        while ((more = PQgetResult(self->conn)) != NULL) PQclear(more);
+        Py_END_ALLOW_THREADS
         return NULL;
     }
     PQclear(res);
@@ -721,32 +781,57 @@ static PyObject *Connection_fetch(Connection *self, PyObject *args) {
     long long bytes = 0;
     int failure = OK, column = -1, ended = 0, lost = 0;
     PGresult *failed = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    while (rows < (size_t)max_rows && bytes < (long long)max_bytes) {
-        char *buf = NULL;
-        int n = PQgetCopyData(self->conn, &buf, 0);
-        if (n == -1) { /* the COPY is done: its result says how it ended */
-            ended = 1;
-            if (finish_copy(self, &failed)) lost = 1;
+    int interrupted = 0;
+    for (;;) {
+        int waited = 0; /* nothing arrived for WAIT_SLICE_MS: look at signals, then wait on */
+        Py_BEGIN_ALLOW_THREADS
+        while (rows < (size_t)max_rows && bytes < (long long)max_bytes) {
+            char *buf = NULL;
+            int n = PQgetCopyData(self->conn, &buf, 1);
+            if (n == 0) { /* no whole row yet: wait for the socket, a slice at a time */
+                int ready = wait_readable(self->conn);
+                if (ready == 0) {
+                    waited = 1;
+                    break;
+                }
+                if (ready < 0 || !PQconsumeInput(self->conn)) {
+                    ended = 1;
+                    lost = 1;
+                    break;
+                }
+                continue;
+            }
+            if (n == -1) { /* the COPY is done: its result says how it ended */
+                ended = 1;
+                if (finish_copy(self, &failed)) lost = 1;
+                break;
+            }
+            if (n < 0) {
+                ended = 1;
+                lost = 1;
+                break;
+            }
+            if ((size_t)n > self->largest) self->largest = (size_t)n;
+            int rc = decode_row(self, (const unsigned char *)buf, (size_t)n, rows, &bytes, &column);
+            PQfreemem(buf);
+            if (rc == 1) continue; /* the trailer: PQgetCopyData says -1 next */
+            if (rc != OK) {
+                failure = rc;
+                break;
+            }
+            rows++;
+        }
+        Py_END_ALLOW_THREADS
+        /* A Ctrl-C while the server computes (a long sort before the first row) is seen here, on
+         * the main thread, within a slice; the caller cancels the query. */
+        if (waited && PyErr_CheckSignals() < 0) {
+            interrupted = 1;
             break;
         }
-        if (n < 0) {
-            ended = 1;
-            lost = 1;
-            break;
-        }
-        if ((size_t)n > self->largest) self->largest = (size_t)n;
-        int rc = decode_row(self, (const unsigned char *)buf, (size_t)n, rows, &bytes, &column);
-        PQfreemem(buf);
-        if (rc == 1) continue; /* the trailer: PQgetCopyData says -1 next */
-        if (rc != OK) {
-            failure = rc;
-            break;
-        }
-        rows++;
+        if (!waited) break;
     }
-    Py_END_ALLOW_THREADS
     self->busy = 0;
+    if (interrupted) return NULL; /* the rest of the stream is not read: cancel, then close */
     if (ended) self->copying = 0;
     if (lost) {
         if (failed != NULL) {

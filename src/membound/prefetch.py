@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["PREFETCH_DEPTH", "ordered_parallel", "prefetch"]
+__all__ = ["PREFETCH_DEPTH", "interruptible", "ordered_parallel", "prefetch"]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -26,6 +26,44 @@ PREFETCH_DEPTH = 1
 _POLL_S = 0.05
 
 _ITEM, _ERROR, _END = 0, 1, 2
+
+# How each thread's blocking read can be cut short from another thread, while it runs: thread
+# ident -> callbacks (see interruptible()).
+_interrupters: dict[int, list[Callable[[], object]]] = {}
+_interrupters_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def interruptible(callback: Callable[[], object]) -> Iterator[None]:
+    """While inside, a consumer that stops early (an exception, Ctrl-C, ``break``) calls
+    ``callback()`` from its own thread before it waits for this reading thread to end.
+
+    For reads that block in C with the GIL released until the server sends something (a query
+    that sorts for minutes before its first row): the callback cancels the statement on the
+    server (it must be safe to call from another thread), the read then fails, and the
+    consumer's Ctrl-C takes effect at once instead of when the first rows arrive.
+    """
+    ident = threading.get_ident()
+    with _interrupters_lock:
+        _interrupters.setdefault(ident, []).append(callback)
+    try:
+        yield
+    finally:
+        with _interrupters_lock:
+            callbacks = _interrupters.get(ident, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                _interrupters.pop(ident, None)
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Cut short what ``thread`` is reading (its interruptible() callbacks), if anything."""
+    with _interrupters_lock:
+        callbacks = list(_interrupters.get(thread.ident or 0, ()))
+    for callback in callbacks:
+        with contextlib.suppress(Exception):
+            callback()
 
 
 def _offer(q: queue.Queue[tuple[int, object]], stop: threading.Event, kind: int,
@@ -104,6 +142,7 @@ class _Prefetch(Generic[T]):
 
     def run(self) -> Iterator[T]:
         self.thread.start()
+        ended = False
         try:
             while True:
                 kind, value = self.queue.get()
@@ -114,11 +153,16 @@ class _Prefetch(Generic[T]):
                         self.done += 1
                         self.progress.notify()
                 elif kind == _ERROR:
+                    ended = True
                     raise value  # type: ignore[misc]
                 else:
+                    ended = True
                     return
         finally:
             self.stop.set()
+            if not ended:
+                # Stopped early: the producer may be blocked in a read that waits on a server.
+                _interrupt(self.thread)
             # Drop what is queued so the producer's put() returns, then wait for it to close
             # the source.
             while True:

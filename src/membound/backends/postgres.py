@@ -87,6 +87,7 @@ from membound.errors import (
     TargetError,
     TargetExistsError,
 )
+from membound.prefetch import interruptible
 from membound.urls import ParsedURL
 
 __all__ = ["PostgresBackend", "LOGICAL_TYPE_KEY"]
@@ -800,7 +801,8 @@ class PostgresBackend(Backend):
             try:
                 plan, sql = self._describe(cursor, sql, what)
                 try:
-                    cursor.execute(sql)
+                    with interruptible(cursor.adbc_cancel):
+                        cursor.execute(sql)
                     reader = cursor.fetch_record_batch()
                 except self._dbapi.Error as exc:
                     raise self._read_error(exc, what) from None
@@ -808,7 +810,8 @@ class PostgresBackend(Backend):
                 rows_read = 0
                 while True:
                     try:
-                        raw = reader.read_next_batch()
+                        with interruptible(cursor.adbc_cancel):
+                            raw = reader.read_next_batch()
                     except StopIteration:
                         break
                     except (self._dbapi.Error, pa.ArrowException, OSError) as exc:
@@ -855,7 +858,8 @@ class PostgresBackend(Backend):
                     read_plan = postgres_native.plan(self._native, conn.describe(sql))
                     if read_plan is None:
                         return None
-                    conn.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)", read_plan.columns)
+                    with interruptible(conn.cancel):
+                        conn.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)", read_plan.columns)
                 except NativeError as exc:
                     raise self._read_error(exc, what) from None
                 copying = True
@@ -863,7 +867,10 @@ class PostgresBackend(Backend):
                 rows_read = 0
                 while True:
                     try:
-                        got = conn.fetch(sizer.rows_per_batch, sizer.target_bytes)
+                        # A consumer on another thread that stops early cancels the COPY on the
+                        # server (membound.prefetch), so its Ctrl-C need not wait for rows.
+                        with interruptible(conn.cancel):
+                            got = conn.fetch(sizer.rows_per_batch, sizer.target_bytes)
                     except NativeError as exc:
                         if exc.column >= 0:
                             raise postgres_native.value_error(exc, read_plan.schema) from None
