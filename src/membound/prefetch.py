@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["PREFETCH_DEPTH", "interruptible", "ordered_parallel", "prefetch"]
+__all__ = ["PREFETCH_DEPTH", "blocking", "interruptible", "ordered_parallel", "prefetch"]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -55,6 +55,43 @@ def interruptible(callback: Callable[[], object]) -> Iterator[None]:
                 callbacks.remove(callback)
             if not callbacks:
                 _interrupters.pop(ident, None)
+
+
+def blocking(call: Callable[[], T], cancel: Callable[[], object]) -> T:
+    """``call()``, a driver call that blocks in C with the GIL released until a server answers,
+    made interruptible: ``cancel()`` (safe from another thread) stops the statement on the server.
+
+    On the main thread a Ctrl-C arrives only when such a call returns, which may be minutes away:
+    the call runs on a helper thread instead, and a Ctrl-C calls ``cancel()``, waits for the call
+    to end and raises KeyboardInterrupt. On another thread (a copy's reading thread) signals do
+    not arrive at all: the call runs there, ``interruptible(cancel)``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        with interruptible(cancel):
+            return call()
+    outcome: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="membound-blocking", daemon=True).start()
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            cancel()
+        done.wait()
+        raise
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
 
 
 def _interrupt(thread: threading.Thread) -> None:

@@ -97,6 +97,7 @@ from membound.errors import (
     TargetExistsError,
 )
 from membound.memory import gc_paused
+from membound.prefetch import blocking
 from membound.urls import ParsedURL
 
 __all__ = ["MySQLBackend"]
@@ -850,9 +851,15 @@ class MySQLBackend(Backend):
         except native.Error as exc:
             raise self._connect_error(exc) from None
         self._open.append(reader)
+
+        def cancel() -> None:
+            thread_id = reader.thread_id  # None once the reader is closed
+            if thread_id is not None:
+                self._kill_query(thread_id)
+
         try:
             try:
-                reader.execute(sql)
+                blocking(lambda: reader.execute(sql), cancel)
             except native.Error as exc:
                 if _code(exc) == _UNSUPPORTED_PREPARED:
                     return None
@@ -872,7 +879,9 @@ class MySQLBackend(Backend):
             produced = False
             while True:
                 try:
-                    got = reader.fetch(sizer.rows_per_batch, sizer.target_bytes)
+                    got = blocking(
+                        lambda: reader.fetch(sizer.rows_per_batch, sizer.target_bytes), cancel
+                    )
                 except native.Error as exc:
                     raise self._read_error(exc, what) from None
                 if got is None:
@@ -892,6 +901,16 @@ class MySQLBackend(Backend):
             return True
         finally:
             self._discard(reader)
+
+    def _kill_query(self, thread_id: int) -> None:
+        """Stop the statement of connection ``thread_id`` on the server (``KILL QUERY``), from a
+        connection of its own: may be called from any thread while a read blocks."""
+        conn = self._connect()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"KILL QUERY {int(thread_id)}")
+        finally:
+            self._discard(conn)
 
     def _connect_error(self, exc: Exception) -> Exception:
         """A driver's failure to connect, as membound's error."""

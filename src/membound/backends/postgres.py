@@ -87,7 +87,7 @@ from membound.errors import (
     TargetError,
     TargetExistsError,
 )
-from membound.prefetch import interruptible
+from membound.prefetch import blocking, interruptible
 from membound.urls import ParsedURL
 
 __all__ = ["PostgresBackend", "LOGICAL_TYPE_KEY"]
@@ -810,8 +810,7 @@ class PostgresBackend(Backend):
                 rows_read = 0
                 while True:
                     try:
-                        with interruptible(cursor.adbc_cancel):
-                            raw = reader.read_next_batch()
+                        raw = blocking(reader.read_next_batch, cursor.adbc_cancel)
                     except StopIteration:
                         break
                     except (self._dbapi.Error, pa.ArrowException, OSError) as exc:
