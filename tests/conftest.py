@@ -245,3 +245,40 @@ def sqlite_reader(request, monkeypatch) -> str:
     else:
         monkeypatch.setattr(sqlite_backend, "_NATIVE", False)
     return request.param
+
+
+# -- Ctrl-C during a read ------------------------------------------------------------------------
+
+_INTERRUPTED_READ = """
+import os, signal, sys, threading, time
+from membound.backends.base import open_backend
+from membound.prefetch import prefetch
+
+url, query, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+start = time.monotonic()
+threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    with open_backend(url) as db:
+        batches = db.batches(query)
+        for _ in prefetch(batches) if mode == "prefetch" else batches:
+            pass
+except (KeyboardInterrupt, Exception) as exc:
+    print(type(exc).__name__, round(time.monotonic() - start, 2))
+"""
+
+
+def read_interrupted(url: str, query: str, mode: str) -> tuple[str, float]:
+    """Read ``query`` in a child process, directly (``mode="direct"``) or through a copy's
+    reading thread (``"prefetch"``), and send it SIGINT one second in: the name of the exception
+    that ended the read and the seconds until then."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_READ, url, query, mode],
+        capture_output=True, text=True, timeout=50,
+    )
+    if not out.stdout.strip():
+        pytest.fail(f"the read did not end: {out.stderr[-2000:]}")
+    kind, seconds = out.stdout.split()
+    return kind, float(seconds)
