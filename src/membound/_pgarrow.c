@@ -301,6 +301,20 @@ static int wait_readable(PGconn *conn) {
     return rc > 0 ? 1 : 0;
 }
 
+/* Asks the server to cancel the connection's running statement (a connection of its own, the
+ * GIL released); 1 when the request was sent. Safe from any thread. */
+static int send_cancel(PGconn *conn) {
+    PGcancel *cancel = PQgetCancel(conn);
+    if (cancel == NULL) return 0;
+    char message[256];
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = PQcancel(cancel, message, sizeof message);
+    Py_END_ALLOW_THREADS
+    PQfreeCancel(cancel);
+    return ok;
+}
+
 /* Sends `sql` and waits for its first result, looking at signals every WAIT_SLICE_MS: the
  * server may compute for minutes before it answers a COPY (its CopyOutResponse is flushed with
  * the first rows). NULL with an exception set after a Ctrl-C (the statement is cancelled on the
@@ -321,14 +335,7 @@ static PGresult *run_interruptibly(Connection *self, const char *sql) {
         Py_END_ALLOW_THREADS
         if (ready < 0) break; /* PQgetResult reports the broken connection */
         if (ready == 0 && PyErr_CheckSignals() < 0) {
-            PGcancel *cancel = PQgetCancel(self->conn);
-            if (cancel != NULL) {
-                char message[256];
-                Py_BEGIN_ALLOW_THREADS
-                PQcancel(cancel, message, sizeof message);
-                Py_END_ALLOW_THREADS
-                PQfreeCancel(cancel);
-            }
+            send_cancel(self->conn);
             self->copying = 1; /* not reusable: the caller closes it */
             return NULL;
         }
@@ -864,16 +871,7 @@ static PyObject *Connection_fetch(Connection *self, PyObject *args) {
 
 /* cancel(): ask the server to stop the running statement (from any thread). */
 static PyObject *Connection_cancel(Connection *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->conn == NULL) Py_RETURN_NONE;
-    PGcancel *cancel = PQgetCancel(self->conn);
-    if (cancel == NULL) Py_RETURN_NONE;
-    char message[256];
-    int ok;
-    Py_BEGIN_ALLOW_THREADS
-    ok = PQcancel(cancel, message, sizeof message);
-    Py_END_ALLOW_THREADS
-    PQfreeCancel(cancel);
-    return PyBool_FromLong(ok);
+    return PyBool_FromLong(self->conn != NULL && send_cancel(self->conn));
 }
 
 static PyObject *Connection_close(Connection *self, PyObject *Py_UNUSED(ignored)) {
@@ -885,37 +883,8 @@ static PyObject *Connection_close(Connection *self, PyObject *Py_UNUSED(ignored)
     Py_RETURN_NONE;
 }
 
-static PyObject *Connection_get_closed(Connection *self, void *Py_UNUSED(closure)) {
-    return PyBool_FromLong(self->conn == NULL || PQstatus(self->conn) != CONNECTION_OK);
-}
-
-static PyObject *Connection_get_copying(Connection *self, void *Py_UNUSED(closure)) {
-    return PyBool_FromLong(self->copying);
-}
-
 static PyObject *Connection_get_largest_message(Connection *self, void *Py_UNUSED(closure)) {
     return PyLong_FromSize_t(self->largest);
-}
-
-static PyObject *Connection_get_backend_pid(Connection *self, void *Py_UNUSED(closure)) {
-    if (self->conn == NULL) Py_RETURN_NONE;
-    return PyLong_FromLong(PQbackendPID(self->conn));
-}
-
-/* A parameter the server reported (server_encoding, server_version, ...), or None. */
-static PyObject *Connection_parameter(Connection *self, PyObject *args) {
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    const char *value = self->conn ? PQparameterStatus(self->conn, name) : NULL;
-    if (value == NULL) Py_RETURN_NONE;
-    return PyUnicode_FromString(value);
-}
-
-/* The transaction status: "idle", "active", "intrans", "inerror" or "unknown". */
-static PyObject *Connection_get_transaction(Connection *self, void *Py_UNUSED(closure)) {
-    PGTransactionStatusType status = self->conn ? PQtransactionStatus(self->conn) : PQTRANS_UNKNOWN;
-    static const char *names[] = {"idle", "active", "intrans", "inerror", "unknown"};
-    return PyUnicode_FromString(names[status <= PQTRANS_UNKNOWN ? status : PQTRANS_UNKNOWN]);
 }
 
 static PyMethodDef Connection_methods[] = {
@@ -925,26 +894,17 @@ static PyMethodDef Connection_methods[] = {
      "describe(sql) -> [(name, type oid, typmod)]: the query's result columns, not running it."},
     {"copy", (PyCFunction)Connection_copy, METH_VARARGS,
      "copy(sql, columns): start a COPY ... TO STDOUT (FORMAT binary); columns are "
-     "(kind, precision, scale) per result column."},
+     "(kind, precision, scale[, element kind]) per result column."},
     {"fetch", (PyCFunction)Connection_fetch, METH_VARARGS,
      "fetch(max_rows, max_bytes) -> (rows, columns) or None at the end of the COPY."},
     {"cancel", (PyCFunction)Connection_cancel, METH_NOARGS,
      "Ask the server to cancel the running statement."},
-    {"parameter", (PyCFunction)Connection_parameter, METH_VARARGS,
-     "parameter(name) -> the value the server reported for it, or None."},
     {"close", (PyCFunction)Connection_close, METH_NOARGS, "Close the connection."},
     {NULL}};
 
 static PyGetSetDef Connection_getset[] = {
-    {"closed", (getter)Connection_get_closed, NULL, "whether the connection is closed or broken",
-     NULL},
-    {"copying", (getter)Connection_get_copying, NULL, "whether a COPY is being read", NULL},
     {"largest_message", (getter)Connection_get_largest_message, NULL,
      "bytes of the largest row received (libpq's receive buffer never shrinks below it)", NULL},
-    {"backend_pid", (getter)Connection_get_backend_pid, NULL,
-     "the server process serving this connection (None once closed)", NULL},
-    {"transaction", (getter)Connection_get_transaction, NULL,
-     "the transaction status: idle, active, intrans, inerror or unknown", NULL},
     {NULL}};
 
 static PyTypeObject ConnectionType = {

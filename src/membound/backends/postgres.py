@@ -74,6 +74,11 @@ import pyarrow.compute as pc
 
 from membound.backends import postgres_native
 from membound.backends.base import Backend, WriteMode, WriteResult, check_mode, is_query
+from membound.backends.postgres_native import (
+    JSON_METADATA,
+    UUID_METADATA,
+    numeric_precision_scale,
+)
 from membound.batching import LOGICAL_TYPE_KEY, prepend, rebatch
 from membound.budget import Budget
 from membound.errors import (
@@ -92,14 +97,8 @@ from membound.urls import ParsedURL
 
 __all__ = ["PostgresBackend", "LOGICAL_TYPE_KEY"]
 
-#: Field-metadata key that marks a string column's logical type (``json`` or ``uuid``).
-JSON_METADATA = {LOGICAL_TYPE_KEY: b"json"}
-UUID_METADATA = {LOGICAL_TYPE_KEY: b"uuid"}
 
 _BATCH_HINT_OPTION = "adbc.postgresql.batch_size_hint_bytes"
-# Unconstrained numeric is read as decimal128 with this precision and scale: the widest
-# decimal128, with the scale peers use (ConnectorX), so money-like values stay exact.
-UNCONSTRAINED_NUMERIC = (38, 10)
 # Libpq otherwise waits for the OS TCP timeout (minutes) on an unreachable host.
 CONNECT_TIMEOUT_S = "10"
 # Pooled idle connections kept per backend: one serves a read, one a write into the same database.
@@ -225,9 +224,7 @@ def text_literal(value: str) -> str:
 
 
 def _numeric_type(typmod: int | None) -> pa.DataType:
-    if typmod is None or typmod < 4:
-        return pa.decimal128(*UNCONSTRAINED_NUMERIC)
-    precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+    precision, scale = numeric_precision_scale(typmod)
     if precision <= 38:
         return pa.decimal128(precision, scale)
     if precision <= 76:
@@ -926,28 +923,26 @@ class PostgresBackend(Backend):
         target = query_or_table or self.default_table
         if not target or is_query(target):
             return None
+        sql = (
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
+            f"{text_literal(qualified(*split_table_name(target)))})"
+        )
         if self._native is not None:
             try:
                 with self._connection(native=True) as conn:
-                    rows = conn.exec(
-                        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
-                        f"{text_literal(qualified(*split_table_name(target)))})"
-                    )
+                    rows = conn.exec(sql)
             except postgres_native.NativeError as exc:
                 raise self._read_error(exc, target) from None
-            value = rows[0][0] if rows else None
-            return int(value) if value is not None and int(value) >= 0 else None
-        with self._connection() as conn:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
-                    f"{text_literal(qualified(*split_table_name(target)))})"
-                )
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
+        else:
+            with self._connection() as conn:
+                cursor = conn.cursor()
+                try:
+                    cursor.execute(sql)
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+        value = rows[0][0] if rows else None
+        return int(value) if value is not None and int(value) >= 0 else None
 
     def _read_error(self, exc: Exception, what: str) -> Exception:
         if self._lost(exc):

@@ -27,9 +27,11 @@ from membound.errors import SchemaError
 
 __all__ = ["NativeError", "NativeConnection", "Plan", "import_native", "plan"]
 
+#: Field metadata that marks a string column's logical type (both read paths use them).
 JSON_METADATA = {LOGICAL_TYPE_KEY: b"json"}
 UUID_METADATA = {LOGICAL_TYPE_KEY: b"uuid"}
-# Unconstrained numeric, as on the ADBC path (membound.backends.postgres.UNCONSTRAINED_NUMERIC).
+# Unconstrained numeric is read as decimal128 with this precision and scale: the widest
+# decimal128, with the scale peers use (ConnectorX), so money-like values stay exact.
 UNCONSTRAINED_NUMERIC = (38, 10)
 # MEMBOUND_PG_READER=adbc reads every result through ADBC's driver (to compare the two paths, or
 # to step around a fault of the C reader).
@@ -69,43 +71,41 @@ def _native_error(exc: BaseException) -> NativeError:
     return NativeError(None, str(exc))
 
 
+def numeric_precision_scale(typmod: int | None) -> tuple[int, int]:
+    """``numeric``'s precision and scale from its typmod; unconstrained -> UNCONSTRAINED_NUMERIC."""
+    if typmod is None or typmod < 4:
+        return UNCONSTRAINED_NUMERIC
+    return ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+
+
 class NativeConnection:
     """One libpq session of the C reader, with the calls the backend's pool makes
     (``rollback``, ``alive``, ``close``) and its errors as :class:`NativeError`."""
 
     def __init__(self, module: Any, conninfo: str) -> None:
         self._module = module
-        try:
-            self.raw = module.Connection(conninfo)
-        except module.Error as exc:
-            raise _native_error(exc) from None
+        self.raw = self._call(module.Connection, conninfo)
         # Text arrives in the client encoding, UTF-8 (the backend asks for it): the server
         # converts it and refuses what is not valid, even from a SQL_ASCII database (SQLSTATE
         # 22021), so the reader does not check it again.
 
-    def exec(self, sql: str) -> list[tuple[str | None, ...]]:
+    def _call(self, method: Any, *args: Any) -> Any:
         try:
-            return self.raw.exec(sql)
+            return method(*args)
         except self._module.Error as exc:
             raise _native_error(exc) from None
+
+    def exec(self, sql: str) -> list[tuple[str | None, ...]]:
+        return self._call(self.raw.exec, sql)
 
     def describe(self, sql: str) -> list[tuple[str, int, int]]:
-        try:
-            return self.raw.describe(sql)
-        except self._module.Error as exc:
-            raise _native_error(exc) from None
+        return self._call(self.raw.describe, sql)
 
     def copy(self, sql: str, columns: Sequence[tuple[int, ...]]) -> None:
-        try:
-            self.raw.copy(sql, columns)
-        except self._module.Error as exc:
-            raise _native_error(exc) from None
+        self._call(self.raw.copy, sql, columns)
 
     def fetch(self, max_rows: int, max_bytes: int) -> tuple[int, list[Any]] | None:
-        try:
-            return self.raw.fetch(max_rows, max_bytes)
-        except self._module.Error as exc:
-            raise _native_error(exc) from None
+        return self._call(self.raw.fetch, max_rows, max_bytes)
 
     def rollback(self) -> None:
         self.exec("ROLLBACK")
@@ -181,10 +181,7 @@ def plan(module: Any, described: Sequence[tuple[str, int, int]]) -> Plan | None:
     fields: list[pa.Field] = []
     for name, oid, typmod in described:
         if oid == _NUMERIC:
-            if typmod < 4:
-                precision, scale = UNCONSTRAINED_NUMERIC
-            else:
-                precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+            precision, scale = numeric_precision_scale(typmod)
             if not 1 <= precision <= 38 or scale > precision:
                 return None
             columns.append((module.KIND_NUMERIC, precision, scale))
@@ -231,14 +228,11 @@ def _array(arrow_type: pa.DataType, rows: int, column: Sequence[Any]) -> pa.Arra
 def value_error(exc: NativeError, schema: pa.Schema) -> SchemaError:
     """A value the C reader could not carry, as :class:`SchemaError` naming its column."""
     field = schema.field(exc.column)
-    hint = {
-        "decimal": f"cast it in the query, e.g. {field.name}::numeric(76,20) or {field.name}::text",
-        "date": f"cast it in the query, e.g. {field.name}::text, or NULLIF({field.name}, "
-        "'infinity')",
-    }
-    type_name = str(field.type)
-    if pa.types.is_list(field.type):
-        advice = f"cast it in the query, e.g. {field.name}::text"
+    name = field.name
+    if pa.types.is_decimal(field.type):
+        advice = f"cast it in the query, e.g. {name}::numeric(76,20) or {name}::text"
+    elif pa.types.is_list(field.type):
+        advice = f"cast it in the query, e.g. {name}::text"
     else:
-        advice = hint["decimal"] if type_name.startswith("decimal") else hint["date"]
+        advice = f"cast it in the query, e.g. {name}::text, or NULLIF({name}, 'infinity')"
     return SchemaError(f"column {field.name!r} {exc} ({field.type}); {advice}")
